@@ -1,0 +1,274 @@
+"""A real single-node Apache Kafka broker (KRaft, broker and controller in one) on loopback.
+
+The broker runs as a ``java`` process from the cached jars. Its state file (pid, ports,
+bootstrap address) lets every tidegate command find it; ``stop`` is idempotent and leaves no
+java process behind.
+
+Example::
+
+    state = start_broker(settings)
+    print(state.bootstrap)        # 127.0.0.1:41234
+    stop_broker(settings)
+"""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from tidegate.broker.config import log4j_config, server_properties
+from tidegate.broker.jars import classpath, require_tool, resolve_jars
+from tidegate.errors import BrokerError, BrokerStartError
+from tidegate.settings import Settings
+
+__all__ = [
+    "BrokerState",
+    "broker_status",
+    "read_state",
+    "start_broker",
+    "stop_broker",
+]
+
+_STATE = "broker.json"
+_MAIN_CLASS = "kafka.Kafka"
+
+
+@dataclass(frozen=True, kw_only=True)
+class BrokerState:
+    """What a running embedded broker left for other commands to find it by."""
+
+    pid: int
+    bootstrap: str
+    broker_port: int
+    controller_port: int
+    directory: str
+    version: str
+    started_at: float
+    start_seconds: float
+    already_running: bool = False
+
+
+def read_state(directory: Path) -> BrokerState | None:
+    """The state of the broker in ``directory`` if its process is still alive."""
+    path = directory / _STATE
+    try:
+        data = json.loads(path.read_text())
+        state = BrokerState(**data)
+    except (OSError, ValueError, TypeError):
+        return None
+    return state if _is_our_broker(state.pid, directory) else None
+
+
+def start_broker(settings: Settings, *, die_with_parent: bool = False) -> BrokerState:
+    """Start the broker unless one already runs in the data dir; return once it answers.
+
+    ``die_with_parent`` ties the broker's life to the calling process (test sessions, ``up``),
+    so a killed parent leaves no java process behind.
+    """
+    directory = settings.broker_dir.resolve()
+    running = read_state(directory)
+    if running is not None:
+        return BrokerState(**{**asdict(running), "already_running": True})
+    java = require_tool("java")
+    libs = resolve_jars(settings.cache_dir, settings.kafka_version)
+    directory.mkdir(parents=True, exist_ok=True)
+    broker_port, controller_port = _choose_ports(settings, directory)
+    storage = directory / "data"
+    properties = directory / "server.properties"
+    properties.write_text(server_properties(broker_port, controller_port, storage))
+    (directory / "log4j2.properties").write_text(log4j_config(directory / "logs"))
+    cp = classpath(settings.cache_dir, settings.kafka_version)
+    jvm = [java, f"-Xmx{settings.broker_heap}", "-Xms128m", "-XX:+UseG1GC",
+           "-Xshare:auto",
+           f"-Dlog4j2.configurationFile={directory / 'log4j2.properties'}",
+           f"-Dkafka.logs.dir={directory / 'logs'}", "-cp", cp]
+    began = time.monotonic()
+    if not (storage / "meta.properties").exists():
+        _format_storage(jvm, properties)
+    out = (directory / "kafka.out").open("ab")
+    process = subprocess.Popen(
+        [*_death_signal_wrapper(die_with_parent), *jvm, _MAIN_CLASS, str(properties)],
+        stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    out.close()
+    bootstrap = f"127.0.0.1:{broker_port}"
+    try:
+        _wait_ready(bootstrap, process, directory, settings.broker_start_timeout)
+    except BaseException:
+        _terminate(process.pid, settings.broker_stop_timeout)
+        raise
+    state = BrokerState(
+        pid=process.pid, bootstrap=bootstrap, broker_port=broker_port,
+        controller_port=controller_port, directory=str(directory), version=libs.parent.name,
+        started_at=time.time(), start_seconds=round(time.monotonic() - began, 2),
+    )
+    (directory / _STATE).write_text(json.dumps(asdict(state), indent=2))
+    return state
+
+
+def stop_broker(settings: Settings) -> BrokerState | None:
+    """Stop the broker (SIGTERM, then SIGKILL after the timeout); None if none was running."""
+    directory = settings.broker_dir.resolve()
+    state = read_state(directory)
+    if state is not None:
+        _terminate(state.pid, settings.broker_stop_timeout)
+    with contextlib.suppress(FileNotFoundError):
+        (directory / _STATE).unlink()
+    return state
+
+
+def broker_status(settings: Settings) -> tuple[BrokerState | None, bool]:
+    """The broker's state and whether it answers a metadata request right now."""
+    state = read_state(settings.broker_dir.resolve())
+    if state is None:
+        return None, False
+    return state, _answers(state.bootstrap, timeout=3.0)
+
+
+def log_file(settings: Settings) -> Path:
+    return settings.broker_dir.resolve() / "logs" / "server.log"
+
+
+def _choose_ports(settings: Settings, directory: Path) -> tuple[int, int]:
+    chosen = []
+    for configured in (settings.broker_port, settings.controller_port):
+        if configured:
+            if not _port_free(configured):
+                raise BrokerStartError(f"port {configured} on 127.0.0.1 is taken")
+            chosen.append(configured)
+        else:
+            chosen.append(_free_port(exclude=chosen))
+    return chosen[0], chosen[1]
+
+
+def _port_free(port: int) -> bool:
+    with socket.socket() as probe:
+        try:
+            probe.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+    return True
+
+
+def _free_port(exclude: list[int]) -> int:
+    while True:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        if port not in exclude:
+            return port
+
+
+def _format_storage(jvm: list[str], properties: Path) -> None:
+    cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    result = subprocess.run(
+        [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
+        capture_output=True, text=True, check=False,
+    )
+    if result.returncode != 0:
+        tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
+        raise BrokerStartError("formatting KRaft storage failed: " + " | ".join(tail))
+
+
+def _wait_ready(
+    bootstrap: str, process: subprocess.Popen[bytes], directory: Path, timeout: float
+) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise BrokerStartError(
+                f"broker exited with code {process.returncode} at start: {_log_tail(directory)}"
+            )
+        if _answers(bootstrap, timeout=1.0):
+            return
+        time.sleep(0.2)
+    raise BrokerStartError(f"broker not ready after {timeout:.0f} s: {_log_tail(directory)}")
+
+
+def _answers(bootstrap: str, *, timeout: float) -> bool:
+    # log_level 0: librdkafka would log every refused connection while the broker boots.
+    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    try:
+        metadata = admin.list_topics(timeout=timeout)
+    except KafkaException:
+        return False
+    return bool(metadata.brokers)
+
+
+def _log_tail(directory: Path, lines: int = 5) -> str:
+    for name in ("logs/server.log", "kafka.out"):
+        path = directory / name
+        if path.exists():
+            text = path.read_text(errors="replace").strip().splitlines()
+            interesting = [line for line in text if "ERROR" in line or "Exception" in line]
+            tail = (interesting or text)[-lines:]
+            if tail:
+                return " | ".join(line.strip()[:300] for line in tail)
+    return "no log written"
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            return
+        if _wait_gone(pid, wait):
+            return
+    raise BrokerError(f"broker process {pid} survived SIGKILL")
+
+
+def _wait_gone(pid: int, timeout: float) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
+        if not _alive(pid):
+            return True
+        time.sleep(0.1)
+    return not _alive(pid)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+
+
+def _is_our_broker(pid: int, directory: Path) -> bool:
+    """True when ``pid`` is a live Kafka java process started for ``directory``."""
+    if not _alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return _MAIN_CLASS.encode() in cmdline and any(
+        str(directory).encode() in part for part in cmdline
+    )
+
+
+def _death_signal_wrapper(wanted: bool) -> list[str]:
+    """``setpriv --pdeathsig``: the kernel sends SIGTERM to the broker when its parent dies.
+
+    util-linux's setpriv sets it and then execs java; a preexec_fn would do the same but is
+    unsafe in a process that already runs librdkafka threads.
+    """
+    setpriv = shutil.which("setpriv") if wanted else None
+    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []

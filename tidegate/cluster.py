@@ -1,0 +1,27 @@
+"""Which Kafka cluster tidegate talks to: KAFKA_BOOTSTRAP_SERVERS, else the embedded broker."""
+
+from __future__ import annotations
+
+from tidegate.broker.embedded import read_state
+from tidegate.errors import BrokerNotRunningError
+from tidegate.settings import ClientConfig, Settings
+
+__all__ = ["bootstrap_servers", "client_config"]
+
+
+def bootstrap_servers(settings: Settings) -> str:
+    """The bootstrap address of the configured cluster or of the running embedded broker."""
+    if settings.kafka_bootstrap_servers:
+        return settings.kafka_bootstrap_servers
+    state = read_state(settings.broker_dir.resolve())
+    if state is None:
+        raise BrokerNotRunningError(
+            "no Kafka cluster: start the embedded one with `tidegate broker start` "
+            "(or `tidegate up`), or set KAFKA_BOOTSTRAP_SERVERS"
+        )
+    return state.bootstrap
+
+
+def client_config(settings: Settings, **extra: str | int | float | bool) -> ClientConfig:
+    """librdkafka settings for any client: bootstrap servers, security, then ``extra``."""
+    return {**settings.client_config(bootstrap_servers(settings)), **extra}

@@ -1,0 +1,105 @@
+"""One settings object, read from the environment once and immutable afterwards.
+
+Every setting has a default that works for the embedded run. ``KAFKA_BOOTSTRAP_SERVERS`` points
+every client at an external cluster instead of the embedded broker, and the standard client
+security settings pass through to every client from ``KAFKA_SECURITY_PROTOCOL``,
+``KAFKA_SASL_*`` and ``KAFKA_SSL_*`` (``KAFKA_SASL_MECHANISM`` becomes ``sasl.mechanism``).
+
+Example::
+
+    settings = load_settings()
+    producer = confluent_kafka.Producer(settings.client_config())
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from tidegate.errors import ConfigError
+
+__all__ = ["ClientConfig", "LogFormat", "Settings", "load_settings", "security_config"]
+
+ClientConfig = dict[str, str | int | float | bool]
+LogFormat = Literal["text", "json"]
+LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
+
+_SECURITY_PREFIXES = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_", "KAFKA_SSL_")
+
+
+def _default_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "tidegate"
+
+
+def security_config(environ: Mapping[str, str]) -> dict[str, str]:
+    """Client security settings from the environment, as librdkafka property names.
+
+    >>> security_config({"KAFKA_SASL_MECHANISM": "PLAIN", "HOME": "/"})
+    {'sasl.mechanism': 'PLAIN'}
+    """
+    config: dict[str, str] = {}
+    for name, value in environ.items():
+        if name.startswith(_SECURITY_PREFIXES):
+            config[name.removeprefix("KAFKA_").lower().replace("_", ".")] = value
+    return config
+
+
+class Settings(BaseSettings):
+    """Everything tidegate reads from its environment. Names are ``TIDEGATE_<FIELD>``."""
+
+    model_config = SettingsConfigDict(env_prefix="TIDEGATE_", frozen=True, extra="ignore")
+
+    kafka_bootstrap_servers: str | None = Field(
+        default=None, validation_alias="KAFKA_BOOTSTRAP_SERVERS"
+    )
+    topic_prefix: str = "tidegate."
+    replication_factor: int = Field(default=1, ge=1)
+    data_dir: Path = Path(".tidegate")
+    cache_dir: Path = Field(default_factory=_default_cache_dir)
+    kafka_version: str = "4.3.1"
+    broker_port: int = Field(default=0, ge=0, le=65535)
+    controller_port: int = Field(default=0, ge=0, le=65535)
+    broker_heap: str = Field(default="512m", pattern=r"^[0-9]+[kmgKMG]$")
+    broker_start_timeout: float = Field(default=90.0, gt=0)
+    broker_stop_timeout: float = Field(default=20.0, gt=0)
+    schema_registry_url: str | None = None
+    log_format: LogFormat = "text"
+    log_level: LogLevel = "INFO"
+
+    @field_validator("topic_prefix")
+    @classmethod
+    def _check_prefix(cls, value: str) -> str:
+        allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
+        if not set(value) <= allowed:
+            raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    @property
+    def broker_dir(self) -> Path:
+        """Where the embedded broker keeps its storage, log and state file."""
+        return self.data_dir / "broker"
+
+    @property
+    def security(self) -> dict[str, str]:
+        return security_config(os.environ)
+
+    def client_config(self, bootstrap_servers: str) -> ClientConfig:
+        """librdkafka configuration for any client: bootstrap servers plus security settings."""
+        return {"bootstrap.servers": bootstrap_servers, **self.security}
+
+
+def load_settings() -> Settings:
+    """Read and validate the settings once; a bad value is a ConfigError with one line."""
+    try:
+        return Settings()
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        field = str(error["loc"][0]) if error["loc"] else "?"
+        name = field if field.isupper() else "TIDEGATE_" + field.upper()
+        raise ConfigError(f"invalid setting {name}: {error['msg']}") from exc

@@ -1,0 +1,146 @@
+"""The topic catalog: the single source of truth for every topic tidegate reads or writes.
+
+Pure data, importable without a broker. Names take a configurable prefix so several pipelines
+(and parallel tests) share one cluster.
+
+Example::
+
+    from tidegate.topics import CATALOG, stage_topics
+    names = [spec.name("shop.") for spec in CATALOG]
+    stage_topics("validation").dead_letter.name("shop.")   # 'shop.dlq.validation'
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+__all__ = [
+    "CATALOG",
+    "STAGES",
+    "CleanupPolicy",
+    "StageTopics",
+    "TopicSpec",
+    "by_key",
+    "stage_topics",
+]
+
+CleanupPolicy = Literal["delete", "compact"]
+
+_HOUR_MS = 3_600_000
+_DAY_MS = 24 * _HOUR_MS
+
+
+@dataclass(frozen=True, kw_only=True)
+class TopicSpec:
+    """One topic: its logical key, size, retention, cleanup policy and value schema."""
+
+    key: str
+    partitions: int
+    retention_ms: int
+    cleanup_policy: CleanupPolicy = "delete"
+    value_schema: str | None = None
+    dead_letter_of: str | None = None
+    internal: bool = False
+    description: str = ""
+
+    def name(self, prefix: str) -> str:
+        return prefix + self.key
+
+    def configs(self) -> dict[str, str]:
+        """The topic-level configuration tidegate creates and checks."""
+        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+
+
+def _dead_letter(stage: str) -> TopicSpec:
+    return TopicSpec(
+        key=f"dlq.{stage}", partitions=3, retention_ms=30 * _DAY_MS, dead_letter_of=stage,
+        description=f"records the {stage} stage rejected: original key, value and headers, "
+        "plus error context in headers",
+    )
+
+
+EVENTS = TopicSpec(
+    key="events", partitions=6, retention_ms=7 * _DAY_MS,
+    value_schema="tidegate.example.CardTransaction",
+    description="input events from producers (Avro in either framing, or JSON)",
+)
+INGESTED = TopicSpec(
+    key="ingested", partitions=6, retention_ms=_DAY_MS, internal=True,
+    value_schema="tidegate.internal.EventBatch",
+    description="decoded, de-duplicated, traced micro-batches, partitioned by account",
+)
+VALIDATED = TopicSpec(
+    key="validated", partitions=6, retention_ms=_DAY_MS, internal=True,
+    value_schema="tidegate.internal.EventBatch",
+    description="micro-batches that passed every rule, partitioned by account",
+)
+FEATURES = TopicSpec(
+    key="features", partitions=6, retention_ms=_DAY_MS, internal=True,
+    value_schema="tidegate.internal.EventBatch",
+    description="micro-batches with their feature vectors",
+)
+PREDICTIONS = TopicSpec(
+    key="predictions", partitions=6, retention_ms=7 * _DAY_MS,
+    value_schema="tidegate.Prediction",
+    description="one prediction per accepted event, keyed by event id",
+)
+HEALTH = TopicSpec(
+    key="health", partitions=1, retention_ms=_DAY_MS, value_schema="tidegate.HealthEvent",
+    description="health events every stage emits every few seconds",
+)
+CONTROL = TopicSpec(
+    key="control", partitions=1, retention_ms=365 * _DAY_MS, cleanup_policy="compact",
+    value_schema="tidegate.ControlCommand",
+    description="control commands keyed by target, compacted: a restarted stage recovers its mode",
+)
+LABELS = TopicSpec(
+    key="labels", partitions=3, retention_ms=30 * _DAY_MS, value_schema="tidegate.Label",
+    description="ground-truth labels joined to predictions by event id",
+)
+ALERTS = TopicSpec(
+    key="alerts", partitions=1, retention_ms=30 * _DAY_MS, value_schema="tidegate.Alert",
+    description="alerts raised and resolved by monitoring",
+)
+
+_DLQ = {stage: _dead_letter(stage) for stage in ("ingest", "validation", "feature", "inference")}
+
+CATALOG: tuple[TopicSpec, ...] = (
+    EVENTS, INGESTED, VALIDATED, FEATURES, PREDICTIONS, *_DLQ.values(),
+    HEALTH, CONTROL, LABELS, ALERTS,
+)
+
+
+@dataclass(frozen=True, kw_only=True)
+class StageTopics:
+    """The topics one stage consumes, produces and dead-letters to."""
+
+    stage: str
+    source: TopicSpec
+    sink: TopicSpec | None
+    dead_letter: TopicSpec | None
+
+
+STAGES: dict[str, StageTopics] = {
+    "ingest": StageTopics(stage="ingest", source=EVENTS, sink=INGESTED,
+                          dead_letter=_DLQ["ingest"]),
+    "validation": StageTopics(stage="validation", source=INGESTED, sink=VALIDATED,
+                              dead_letter=_DLQ["validation"]),
+    "feature": StageTopics(stage="feature", source=VALIDATED, sink=FEATURES,
+                           dead_letter=_DLQ["feature"]),
+    "inference": StageTopics(stage="inference", source=FEATURES, sink=PREDICTIONS,
+                             dead_letter=_DLQ["inference"]),
+    "monitoring": StageTopics(stage="monitoring", source=HEALTH, sink=CONTROL, dead_letter=None),
+}
+
+
+def by_key(key: str) -> TopicSpec:
+    """The catalog entry for a logical key such as ``"dlq.validation"``."""
+    for spec in CATALOG:
+        if spec.key == key:
+            return spec
+    raise KeyError(key)
+
+
+def stage_topics(stage: str) -> StageTopics:
+    return STAGES[stage]
