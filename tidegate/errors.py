@@ -6,14 +6,36 @@ Every leaf carries a stable ``code`` that operators filter and replay by.
 from __future__ import annotations
 
 __all__ = [
+    "BadMagicError",
     "BrokerError",
     "BrokerNotRunningError",
     "BrokerStartError",
     "CodecError",
     "ConfigError",
+    "EmptyValueError",
+    "EncodeError",
+    "FeatureMismatchError",
+    "IncompatibleSchemaError",
+    "InvalidJsonError",
+    "InvalidSchemaError",
+    "InvalidUtf8Error",
+    "MalformedAvroError",
+    "ModelArtifactError",
+    "ModelNotFoundError",
+    "NotAnObjectError",
+    "RegistryError",
+    "RegistryNotFoundError",
+    "RollbackUnavailableError",
+    "RulesFileError",
+    "SchemaRegistryRejectedError",
+    "SchemaRegistryUnavailableError",
+    "ScoringError",
     "TidegateError",
     "ToolMissingError",
     "TopicMismatchError",
+    "TrailingBytesError",
+    "TruncatedAvroError",
+    "UnknownSchemaError",
 ]
 
 
@@ -63,3 +85,135 @@ class CodecError(TidegateError):
     """A record could not be encoded or decoded."""
 
     code = "CODEC"
+
+
+class EmptyValueError(CodecError):
+    """The record value is empty or missing (a tombstone where an event was expected)."""
+
+    code = "EMPTY_VALUE"
+
+
+class BadMagicError(CodecError):
+    """The first bytes are neither an Avro framing (0xC3 0x01 or 0x00) nor JSON."""
+
+    code = "BAD_MAGIC"
+
+
+class UnknownSchemaError(CodecError):
+    """The writer schema (fingerprint, registry id or name) is not known."""
+
+    code = "UNKNOWN_SCHEMA"
+
+
+class TruncatedAvroError(CodecError):
+    """The Avro header or body ends before the schema says it should."""
+
+    code = "TRUNCATED_AVRO"
+
+
+class MalformedAvroError(CodecError):
+    """The Avro body is corrupt (bad union index, bad varint, invalid UTF-8 in a string)."""
+
+    code = "MALFORMED_AVRO"
+
+
+class TrailingBytesError(CodecError):
+    """Bytes are left over after the Avro body; the writer used a different schema."""
+
+    code = "TRAILING_BYTES"
+
+
+class IncompatibleSchemaError(CodecError):
+    """The writer schema cannot be resolved into the reader schema."""
+
+    code = "INCOMPATIBLE_SCHEMA"
+
+
+class InvalidUtf8Error(CodecError):
+    """A JSON value is not valid UTF-8."""
+
+    code = "INVALID_UTF8"
+
+
+class InvalidJsonError(CodecError):
+    """A value that looks like JSON does not parse."""
+
+    code = "INVALID_JSON"
+
+
+class NotAnObjectError(CodecError):
+    """A JSON value parses but is not an object."""
+
+    code = "NOT_AN_OBJECT"
+
+
+class EncodeError(CodecError):
+    """A record does not fit the schema it is being encoded with."""
+
+    code = "ENCODE_FAILED"
+
+
+class InvalidSchemaError(ConfigError):
+    """An Avro schema file or definition cannot be read or parsed."""
+
+    code = "INVALID_SCHEMA"
+
+
+class SchemaRegistryRejectedError(ConfigError):
+    """The schema registry refused a request (incompatible schema, bad credentials)."""
+
+    code = "SCHEMA_REGISTRY_REJECTED"
+
+
+class SchemaRegistryUnavailableError(TidegateError):
+    """The schema registry did not answer or failed; transient, retry with backoff."""
+
+    code = "SCHEMA_REGISTRY_UNAVAILABLE"
+
+
+class RegistryError(TidegateError):
+    """The model registry could not be read or written."""
+
+    code = "REGISTRY"
+
+
+class RegistryNotFoundError(RegistryError):
+    """The model registry directory does not exist; train a model into it first."""
+
+    code = "REGISTRY_NOT_FOUND"
+
+
+class ModelNotFoundError(RegistryError):
+    """The registry holds no such model, version or production version."""
+
+    code = "MODEL_NOT_FOUND"
+
+
+class ModelArtifactError(RegistryError):
+    """A model artifact or its metadata is corrupt or cannot be loaded."""
+
+    code = "MODEL_ARTIFACT"
+
+
+class RollbackUnavailableError(RegistryError):
+    """No earlier good production version exists to roll back to."""
+
+    code = "ROLLBACK_UNAVAILABLE"
+
+
+class FeatureMismatchError(ConfigError):
+    """A model expects other features than the pipeline computes."""
+
+    code = "FEATURE_MISMATCH"
+
+
+class ScoringError(TidegateError):
+    """A model failed on a batch or returned invalid scores; the fallback takes over."""
+
+    code = "SCORING"
+
+
+class RulesFileError(ConfigError):
+    """A validation rules file is missing, unreadable or invalid."""
+
+    code = "RULES_FILE"

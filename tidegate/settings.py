@@ -71,6 +71,15 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = None
     log_format: LogFormat = "text"
     log_level: LogLevel = "INFO"
+    batch_size: int = Field(default=512, ge=1, le=100_000)
+    batch_within: float = Field(default=0.05, gt=0, le=10)
+    health_interval: float = Field(default=2.0, gt=0, le=60)
+    delivery_deadline: float = Field(default=60.0, gt=0)
+    status_host: str = "127.0.0.1"
+    status_port: int = Field(default=8088, ge=1, le=65535)
+    rules_file: Path | None = None
+    dedupe_window_seconds: float = Field(default=3600.0, gt=0)
+    max_future_seconds: float = Field(default=300.0, ge=0)
 
     @field_validator("topic_prefix")
     @classmethod
@@ -84,6 +93,11 @@ class Settings(BaseSettings):
     def broker_dir(self) -> Path:
         """Where the embedded broker keeps its storage, log and state file."""
         return self.data_dir / "broker"
+
+    @property
+    def registry_dir(self) -> Path:
+        """The model registry: versioned artifacts and their metadata."""
+        return self.data_dir / "models"
 
     @property
     def security(self) -> dict[str, str]:

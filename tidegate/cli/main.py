@@ -7,6 +7,7 @@ import sys
 import click
 
 from tidegate.cli.broker import broker
+from tidegate.cli.stage import stage
 from tidegate.cli.topics import topics
 from tidegate.errors import ConfigError, TidegateError
 
@@ -24,6 +25,7 @@ def cli() -> None:
 
 cli.add_command(broker)
 cli.add_command(topics)
+cli.add_command(stage)
 
 
 def main(argv: list[str] | None = None) -> int:

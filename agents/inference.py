@@ -1,0 +1,70 @@
+"""inference: batched scoring through the fallback chain; one prediction per event out."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from tidegate.batches import envelope_source, unpack
+from tidegate.deadletter import DeadLetter
+from tidegate.errors import CodecError
+from tidegate.features import FEATURE_NAMES
+from tidegate.inference import ScoringChain, predictions
+from tidegate.registry import ModelRegistry
+from tidegate.settings import Settings
+from tidegate.stage import Outgoing, StageRuntime, source_record
+
+__all__ = ["STAGE", "build"]
+
+STAGE = "inference"
+
+
+def build(settings: Settings) -> StageRuntime:
+    """The inference stage: ``features`` in, ``predictions`` and ``dlq.inference`` out."""
+    runtime = StageRuntime(STAGE, settings)
+    assert runtime.topics.sink is not None
+    sink_name = runtime.name(runtime.topics.sink)
+    chain = ScoringChain.from_registry(ModelRegistry(settings.registry_dir))
+    encode = runtime.codec.encoder("tidegate.Prediction", topic=sink_name)
+    width = len(FEATURE_NAMES)
+    runtime.metrics.model_version = chain.primary.version if chain.primary else None
+
+    async def score_features(events: Sequence[Any]) -> list[Outgoing]:
+        envelopes: list[dict[str, Any]] = []
+        dead: list[DeadLetter] = []
+        for event in events:
+            try:
+                batch = unpack(runtime.codec, event.message.value)
+            except CodecError as exc:
+                dead.append(DeadLetter.of(source_record(event), stage=STAGE, code="BAD_BATCH",
+                                          error_class=type(exc).__name__, message=str(exc)))
+                continue
+            for envelope in batch:
+                if len(envelope["features"]) == width:
+                    envelopes.append(envelope)
+                else:
+                    dead.append(DeadLetter.of(
+                        envelope_source(envelope), stage=STAGE, code="FEATURE_SHAPE",
+                        error_class="FeatureShapeError",
+                        message=f"{len(envelope['features'])} features, the model needs {width}",
+                        event_id=envelope["event_id"], trace_id=envelope["trace_id"]))
+        out: list[Outgoing] = []
+        if envelopes:
+            matrix = np.array([env["features"] for env in envelopes], dtype=np.float64)
+            result = chain.score(matrix)
+            accounts = [json.loads(env["fields"]).get("account_id") for env in envelopes]
+            records = predictions(envelopes, result, accounts)
+            out = [Outgoing(topic=sink_name, key=record["event_id"].encode(),
+                            value=encode(record),
+                            headers=[("traceparent", env["traceparent"].encode())])
+                   for record, env in zip(records, envelopes, strict=True)]
+            runtime.metrics.extra["path"] = result.path
+            runtime.metrics.record_batch(records_in=len(envelopes), records_out=len(records),
+                                         latencies_ms=[r["latency_ms"] for r in records])
+        return out + runtime.dead_letters(dead)
+
+    runtime.run_batches(score_features, name="score_features")
+    return runtime

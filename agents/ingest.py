@@ -1,0 +1,41 @@
+"""ingest: raw bytes in; decoded, checked, de-duplicated, traced micro-batches out."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from tidegate.batches import pack, partition_for
+from tidegate.ingestion import STAGE, Dedupe, IngestLimits, ingest_batch
+from tidegate.settings import Settings
+from tidegate.stage import Outgoing, StageRuntime, source_record
+
+__all__ = ["build"]
+
+
+def build(settings: Settings) -> StageRuntime:
+    """The ingest stage: consumes the input topic, produces ``ingested`` and ``dlq.ingest``."""
+    runtime = StageRuntime(STAGE, settings)
+    assert runtime.topics.sink is not None
+    sink = runtime.topics.sink
+    sink_name = runtime.name(sink)
+    dedupe = Dedupe(window_ms=int(settings.dedupe_window_seconds * 1000))
+    limits = IngestLimits(max_future_ms=int(settings.max_future_seconds * 1000))
+
+    async def ingest_events(events: Sequence[Any]) -> list[Outgoing]:
+        now_ms = int(time.time() * 1000)
+        records = [source_record(event) for event in events]
+        accepted, dead = ingest_batch(records, codec=runtime.codec, dedupe=dedupe,
+                                      now_ms=now_ms, limits=limits)
+        routed = [(partition_for(route, sink.partitions), env) for route, env in accepted]
+        out = [Outgoing(topic=sink_name, partition=partition, value=value)
+               for partition, value in pack(runtime.codec, routed, stage=STAGE)]
+        runtime.metrics.record_batch(
+            records_in=len(records), records_out=len(accepted),
+            latencies_ms=[now_ms - r.timestamp for r in records if r.timestamp],
+        )
+        return out + runtime.dead_letters(dead)
+
+    runtime.run_batches(ingest_events, name="ingest_events")
+    return runtime

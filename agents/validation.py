@@ -1,0 +1,70 @@
+"""validation: every record of a micro-batch judged by the declarative rules at once."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import asdict
+from importlib.resources import files
+from typing import Any
+
+from tidegate.batches import ages_ms, envelope_source, pack, unpack
+from tidegate.deadletter import DeadLetter
+from tidegate.errors import CodecError
+from tidegate.rules import RuleSet, load_rules
+from tidegate.settings import Settings
+from tidegate.stage import Outgoing, StageRuntime, source_record
+
+__all__ = ["STAGE", "build", "shipped_rules"]
+
+STAGE = "validation"
+
+
+def shipped_rules(settings: Settings) -> RuleSet:
+    """The configured rules file, or the one that ships with the example."""
+    return load_rules(settings.rules_file or files("tidegate.example") / "rules.toml")
+
+
+def build(settings: Settings) -> StageRuntime:
+    """The validation stage: ``ingested`` in, ``validated`` and ``dlq.validation`` out."""
+    runtime = StageRuntime(STAGE, settings)
+    assert runtime.topics.sink is not None
+    sink_name = runtime.name(runtime.topics.sink)
+    rules = shipped_rules(settings)
+
+    async def validate_events(events: Sequence[Any]) -> list[Outgoing]:
+        envelopes: list[tuple[int, dict[str, Any]]] = []
+        dead: list[DeadLetter] = []
+        for event in events:
+            try:
+                batch = unpack(runtime.codec, event.message.value)
+            except CodecError as exc:
+                dead.append(DeadLetter.of(source_record(event), stage=STAGE, code="BAD_BATCH",
+                                          error_class=type(exc).__name__, message=str(exc)))
+                continue
+            envelopes.extend((event.message.partition, env) for env in batch)
+        records = [json.loads(env["fields"]) for _, env in envelopes]
+        result = rules.check(records)
+        for index in result.failed():
+            envelope = envelopes[index][1]
+            violations = result.for_record(index)
+            dead.append(DeadLetter.of(
+                envelope_source(envelope), stage=STAGE, code=violations[0].code,
+                error_class="ValidationError",
+                message="; ".join(f"{v.field}: {v.message}" for v in violations),
+                event_id=envelope["event_id"], trace_id=envelope["trace_id"],
+                details=[asdict(v) for v in violations],
+            ))
+        good = [envelopes[index] for index in result.passed()]
+        runtime.metrics.record_batch(
+            records_in=len(envelopes), records_out=len(good),
+            latencies_ms=ages_ms(env for _, env in good),
+        )
+        for warning in result.warnings:
+            runtime.metrics.extra[f"warning.{warning.field}"] = warning.message
+        out = [Outgoing(topic=sink_name, partition=partition, value=value)
+               for partition, value in pack(runtime.codec, good, stage=STAGE)]
+        return out + runtime.dead_letters(dead)
+
+    runtime.run_batches(validate_events, name="validate_events")
+    return runtime

@@ -1,0 +1,68 @@
+"""The Faust app of one stage. Stage modules build theirs here; this module imports no stage.
+
+Every stage runs in its own process with its own consumer group (the app id), the aiokafka
+transport, raw bytes on every topic (stages decode themselves, so a bad record can be
+dead-lettered instead of crashing the deserializer), and acks=all on the producer.
+"""
+
+from __future__ import annotations
+
+import ssl
+
+import faust
+
+from tidegate.cluster import bootstrap_servers
+from tidegate.errors import ConfigError
+from tidegate.settings import Settings
+
+__all__ = ["create_app", "credentials"]
+
+
+def credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
+    """Faust credentials from the same security settings every librdkafka client gets."""
+    security = settings.security
+    protocol = security.get("security.protocol", "PLAINTEXT").upper()
+    if protocol == "PLAINTEXT":
+        return None
+    context = None
+    if protocol in ("SSL", "SASL_SSL"):
+        context = ssl.create_default_context(cafile=security.get("ssl.ca.location"))
+        if "ssl.certificate.location" in security:
+            context.load_cert_chain(security["ssl.certificate.location"],
+                                    security.get("ssl.key.location"),
+                                    security.get("ssl.key.password"))
+    if protocol == "SSL":
+        return faust.SSLCredentials(context)
+    if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):
+        return faust.SASLCredentials(
+            username=security.get("sasl.username"), password=security.get("sasl.password"),
+            mechanism=security.get("sasl.mechanism", "PLAIN"), ssl_context=context,
+        )
+    raise ConfigError(f"invalid setting KAFKA_SECURITY_PROTOCOL: unknown protocol {protocol}")
+
+
+def create_app(stage: str, settings: Settings, *, partitions: int = 6) -> faust.App:
+    """The Faust app for ``stage``; its id is the stage's consumer group."""
+    servers = [f"kafka://{server}" for server in bootstrap_servers(settings).split(",")]
+    datadir = settings.data_dir / "faust" / stage
+    datadir.mkdir(parents=True, exist_ok=True)
+    return faust.App(
+        f"{settings.topic_prefix}{stage}",
+        broker=servers,
+        broker_credentials=credentials(settings),
+        store="memory://",
+        datadir=str(datadir),
+        key_serializer="raw",
+        value_serializer="raw",
+        topic_partitions=partitions,
+        topic_replication_factor=settings.replication_factor,
+        producer_acks=-1,
+        producer_linger_ms=5,
+        consumer_auto_offset_reset="earliest",
+        broker_commit_interval=1.0,
+        stream_wait_empty=False,
+        web_enabled=stage == "monitoring",
+        web_bind=settings.status_host,
+        web_port=settings.status_port,
+        web_in_thread=False,
+    )

@@ -1,0 +1,35 @@
+"""``tidegate stage run NAME``: one stage as its own worker process and consumer group."""
+
+from __future__ import annotations
+
+import importlib
+
+import click
+
+from tidegate.settings import load_settings
+
+__all__ = ["stage"]
+
+STAGE_NAMES = ("ingest", "validation", "feature", "inference", "monitoring")
+
+
+@click.group()
+def stage() -> None:
+    """Run pipeline stages."""
+
+
+@stage.command()
+@click.argument("name", type=click.Choice(STAGE_NAMES))
+def run(name: str) -> None:
+    """Run stage NAME until SIGTERM or Ctrl-C; in-flight batches finish first."""
+    import faust
+
+    from tidegate.logs import logging_config
+
+    settings = load_settings()
+    module = importlib.import_module(f"tidegate.agents.{name}")
+    runtime = module.build(settings)
+    worker = faust.Worker(runtime.app, loglevel=settings.log_level,
+                          logging_config=logging_config(settings), redirect_stdouts=False,
+                          override_logging=True, quiet=True)
+    worker.execute_from_commandline()

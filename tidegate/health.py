@@ -1,0 +1,92 @@
+"""What a stage counts between two health events, and the health event itself.
+
+Example::
+
+    metrics = StageMetrics(stage="ingest", instance="host-1234")
+    metrics.record_batch(records_in=512, records_out=509, latencies_ms=[3.1, ...])
+    event = metrics.snapshot(lag=0)   # a tidegate.HealthEvent record; counters start over
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from collections import Counter
+from collections.abc import Iterable
+
+import numpy as np
+
+__all__ = ["StageMetrics", "instance_name"]
+
+_LATENCY_SAMPLES = 4096
+
+
+def instance_name(stage: str) -> str:
+    return f"{stage}@{socket.gethostname()}:{os.getpid()}"
+
+
+class StageMetrics:
+    """Counters and a bounded latency sample for one interval; ``snapshot`` resets them."""
+
+    def __init__(self, *, stage: str, instance: str | None = None) -> None:
+        self.stage = stage
+        self.instance = instance or instance_name(stage)
+        self.mode = "normal"
+        self.breakers: dict[str, str] = {}
+        self.paused = False
+        self.pause_reason: str | None = None
+        self.model_version: str | None = None
+        self.extra: dict[str, str] = {}
+        self.totals: Counter[str] = Counter()
+        self._reset(time.monotonic())
+
+    def _reset(self, now: float) -> None:
+        self._since = now
+        self.records_in = 0
+        self.records_out = 0
+        self.dead_lettered = 0
+        self.errors = 0
+        self.by_code: Counter[str] = Counter()
+        self._latencies: list[float] = []
+
+    def record_batch(self, *, records_in: int, records_out: int,
+                     latencies_ms: Iterable[float] = ()) -> None:
+        self.records_in += records_in
+        self.records_out += records_out
+        self.totals["in"] += records_in
+        self.totals["out"] += records_out
+        room = _LATENCY_SAMPLES - len(self._latencies)
+        if room > 0:
+            self._latencies.extend(list(latencies_ms)[:room])
+
+    def record_dead_letters(self, codes: Iterable[str]) -> None:
+        for code in codes:
+            self.dead_lettered += 1
+            self.by_code[code] += 1
+            self.totals["dead_lettered"] += 1
+
+    def record_error(self) -> None:
+        self.errors += 1
+        self.totals["errors"] += 1
+
+    def snapshot(self, *, lag: int) -> dict[str, object]:
+        """The health event for the interval since the last snapshot; starts a new interval."""
+        now = time.monotonic()
+        p50, p95, p99 = (
+            np.percentile(self._latencies, [50, 95, 99]).tolist() if self._latencies
+            else [0.0, 0.0, 0.0]
+        )
+        event: dict[str, object] = {
+            "stage": self.stage, "instance": self.instance, "time": int(time.time() * 1000),
+            "interval_seconds": round(now - self._since, 3),
+            "records_in": self.records_in, "records_out": self.records_out,
+            "dead_lettered": self.dead_lettered, "dead_letters_by_code": dict(self.by_code),
+            "errors": self.errors, "latency_p50_ms": float(p50), "latency_p95_ms": float(p95),
+            "latency_p99_ms": float(p99), "lag": lag, "mode": self.mode,
+            "breakers": dict(self.breakers), "paused": self.paused,
+            "pause_reason": self.pause_reason, "model_version": self.model_version,
+            "extra": dict(self.extra),
+        }
+        self._reset(now)
+        return event

@@ -1,0 +1,187 @@
+"""The runtime every stage shares: micro-batches in, outputs delivered, then offsets acked.
+
+A stage supplies one async handler from a batch of input events to the messages it must
+produce (next-stage batches, dead letters, predictions). The runtime:
+
+- takes micro-batches with ``take_events``, which acks a batch only when the loop asks for the
+  next one, i.e. after ``deliver`` has seen every output acknowledged by the broker;
+- never lets an exception reach Faust: a failing batch is retried message by message, and a
+  message that still fails is dead-lettered with code INTERNAL_ERROR;
+- retries delivery with backoff inside a deadline, then exits the process without acking, so
+  the supervisor restarts it and the uncommitted input is read again;
+- emits a health event every ``health_interval`` seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import faust
+
+from tidegate.app import create_app
+from tidegate.codec import Codec
+from tidegate.deadletter import DeadLetter, SourceRecord
+from tidegate.health import StageMetrics
+from tidegate.settings import Settings
+from tidegate.topics import STAGES, TopicSpec, by_key
+
+__all__ = ["EXIT_DELIVERY", "Outgoing", "StageRuntime", "source_record"]
+
+log = logging.getLogger("tidegate.stage")
+
+EXIT_DELIVERY = 75  # EX_TEMPFAIL: outputs could not be delivered; restart and read again
+
+
+@dataclass(frozen=True, slots=True)
+class Outgoing:
+    """One message to produce."""
+
+    topic: str
+    value: bytes
+    key: bytes | None = None
+    partition: int | None = None
+    headers: Sequence[tuple[str, bytes | None]] | None = None
+
+
+Handler = Callable[[Sequence[Any]], Awaitable[list[Outgoing]]]
+
+
+def source_record(event: Any) -> SourceRecord:
+    """The input record behind a Faust event, with its raw key, value and headers."""
+    message = event.message
+    headers = message.headers
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    return SourceRecord(
+        topic=message.topic, partition=message.partition, offset=message.offset,
+        timestamp=int(message.timestamp * 1000) if message.timestamp else 0,
+        key=message.key, value=message.value or b"", headers=list(headers or []),
+    )
+
+
+class StageRuntime:
+    """One stage's Faust app, its topics, its metrics and the batch loop around its handler."""
+
+    def __init__(self, stage: str, settings: Settings) -> None:
+        self.stage = stage
+        self.settings = settings
+        self.topics = STAGES[stage]
+        self.app = create_app(stage, settings, partitions=self.topics.source.partitions)
+        self.codec = Codec(registry_url=settings.schema_registry_url)
+        self.metrics = StageMetrics(stage=stage)
+        self.source = self.topic(self.topics.source)
+        self._health_encode = self.codec.encoder("tidegate.HealthEvent",
+                                                 topic=self.name(by_key("health")))
+        self._positions: dict[tuple[str, int], int] = {}
+        self.app.timer(settings.health_interval)(self._emit_health)
+
+    def name(self, spec: TopicSpec) -> str:
+        return spec.name(self.settings.topic_prefix)
+
+    def topic(self, spec: TopicSpec) -> faust.TopicT:
+        return self.app.topic(self.name(spec), key_serializer="raw", value_serializer="raw",
+                              partitions=spec.partitions, internal=False)
+
+    def dead_letters(self, letters: Sequence[DeadLetter]) -> list[Outgoing]:
+        """Messages for this stage's dead-letter topic; the metrics count them by code."""
+        if not letters:
+            return []
+        assert self.topics.dead_letter is not None
+        topic = self.name(self.topics.dead_letter)
+        self.metrics.record_dead_letters(letter.code for letter in letters)
+        for letter in letters:
+            log.info("dead letter %s", letter.code,
+                     extra={"event_id": letter.event_id, "code": letter.code})
+        return [Outgoing(topic=topic, key=letter.key, value=letter.value, headers=letter.headers)
+                for letter in letters]
+
+    def run_batches(self, handler: Handler, *, name: str,
+                    source: faust.TopicT | None = None) -> None:
+        """Register ``handler`` as an agent over micro-batches of ``source`` (default: input)."""
+
+        async def agent(stream: Any) -> None:
+            size, within = self.settings.batch_size, self.settings.batch_within
+            async for events in stream.take_events(size, within=within):
+                outgoing = await self._handle(handler, events)
+                await self.deliver(outgoing)
+                for event in events:
+                    message = event.message
+                    self._positions[(message.topic, message.partition)] = message.offset
+
+        agent.__name__ = name
+        self.app.agent(source or self.source, name=name)(agent)
+
+    async def _handle(self, handler: Handler, events: Sequence[Any]) -> list[Outgoing]:
+        try:
+            return await handler(events)
+        except Exception:
+            self.metrics.record_error()
+            log.exception("batch of %d failed; retrying message by message", len(events))
+        outgoing: list[Outgoing] = []
+        for event in events:
+            try:
+                outgoing.extend(await handler([event]))
+            except Exception as exc:  # noqa: BLE001 -- isolate the poison message
+                self.metrics.record_error()
+                letter = DeadLetter.of(source_record(event), stage=self.stage,
+                                       code="INTERNAL_ERROR", error_class=type(exc).__name__,
+                                       message=str(exc) or type(exc).__name__)
+                outgoing.extend(self.dead_letters([letter]))
+        return outgoing
+
+    async def deliver(self, outgoing: Sequence[Outgoing]) -> None:
+        """Produce every message and wait for the broker's acks; retry, or exit for a restart."""
+        deadline = time.monotonic() + self.settings.delivery_deadline
+        delay = 0.1
+        while True:
+            try:
+                await self._send_all(outgoing)
+                return
+            except Exception as exc:  # noqa: BLE001 -- any send failure: retry, then restart
+                if time.monotonic() + delay > deadline:
+                    log.critical("outputs undeliverable for %.0f s (%s); exiting to be restarted "
+                                 "without committing", self.settings.delivery_deadline, exc)
+                    logging.shutdown()
+                    os._exit(EXIT_DELIVERY)
+                log.warning("delivery failed (%s); retrying in %.1f s", exc, delay)
+                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
+                delay = min(delay * 2, 5.0)
+
+    async def _send_all(self, outgoing: Sequence[Outgoing]) -> None:
+        if not outgoing:
+            return
+        producer = await self.app.maybe_start_producer()
+        pending = [
+            await producer.send(item.topic, item.key, item.value, item.partition, None,
+                                list(item.headers) if item.headers else None)
+            for item in outgoing
+        ]
+        await asyncio.gather(*pending)
+
+    def lag(self) -> int:
+        """Records waiting on the assigned input partitions (high watermark minus position)."""
+        consumer = self.app.consumer
+        total = 0
+        for tp in consumer.assignment():
+            if tp.topic != self.source.get_topic_name():
+                continue
+            high = consumer.highwater(tp)
+            done = self._positions.get((tp.topic, tp.partition))
+            total += max(0, high - (done + 1 if done is not None else 0))
+        return total
+
+    async def _emit_health(self) -> None:
+        try:
+            event = self.metrics.snapshot(lag=self.lag())
+            await self.deliver([Outgoing(topic=self.name(by_key("health")),
+                                         key=self.stage.encode(),
+                                         value=self._health_encode(event))])
+        except Exception:
+            log.exception("could not emit a health event")

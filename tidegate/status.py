@@ -1,0 +1,109 @@
+"""The status board monitoring keeps: per-stage health, dead letters by code, prediction paths.
+
+Served by the monitoring stage as JSON (``/status``) and Prometheus text (``/metrics``), and
+printed by ``tidegate status``.
+
+Example::
+
+    board = StatusBoard(stale_after=10.0)
+    board.on_health(event)
+    board.snapshot()["stages"]["ingest"]["state"]    # 'up'
+"""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+__all__ = ["STAGE_ORDER", "StatusBoard"]
+
+STAGE_ORDER = ("ingest", "validation", "feature", "inference", "monitoring")
+_TOTALS = ("records_in", "records_out", "dead_lettered", "errors")
+
+
+class StatusBoard:
+    """What monitoring knows about every stage, built from health events and predictions."""
+
+    def __init__(self, *, stale_after: float = 10.0) -> None:
+        self.stale_after = stale_after
+        self._latest: dict[str, dict[str, tuple[float, Mapping[str, Any]]]] = {}
+        self._totals: dict[str, Counter[str]] = {}
+        self._codes: dict[str, Counter[str]] = {}
+        self.paths: Counter[str] = Counter()
+        self.predicted = 0
+        self.flagged = 0
+
+    def on_health(self, event: Mapping[str, Any], *, now: float | None = None) -> None:
+        stage = str(event["stage"])
+        received = time.time() if now is None else now
+        self._latest.setdefault(stage, {})[str(event["instance"])] = (received, event)
+        totals = self._totals.setdefault(stage, Counter())
+        for name in _TOTALS:
+            totals[name] += int(event.get(name, 0))
+        self._codes.setdefault(stage, Counter()).update(event.get("dead_letters_by_code", {}))
+
+    def on_predictions(self, records: Iterable[Mapping[str, Any]]) -> None:
+        for record in records:
+            self.predicted += 1
+            self.paths[str(record["path"])] += 1
+            self.flagged += bool(record["label"])
+
+    def snapshot(self, *, now: float | None = None) -> dict[str, Any]:
+        """The whole board as plain data."""
+        now = time.time() if now is None else now
+        stages = {}
+        for stage in (*STAGE_ORDER, *sorted(set(self._latest) - set(STAGE_ORDER))):
+            instances = self._latest.get(stage, {})
+            live = {name: event for name, (at, event) in instances.items()
+                    if now - at <= self.stale_after}
+            state = "up" if live else ("stale" if instances else "unknown")
+            recent = [event for _, event in instances.values()]
+            newest = max(instances.values(), key=lambda item: item[0])[1] if instances else {}
+            stages[stage] = {
+                "state": state,
+                "instances": sorted(live),
+                **{name: self._totals.get(stage, Counter())[name] for name in _TOTALS},
+                "dead_letters_by_code": dict(self._codes.get(stage, Counter())),
+                "lag": sum(int(event.get("lag", 0)) for event in live.values()),
+                "latency_p50_ms": float(newest.get("latency_p50_ms", 0.0)),
+                "latency_p99_ms": float(newest.get("latency_p99_ms", 0.0)),
+                "mode": newest.get("mode", "-"),
+                "paused": any(bool(event.get("paused")) for event in recent),
+                "breakers": dict(newest.get("breakers", {})),
+                "model_version": newest.get("model_version"),
+            }
+        return {"time": now, "stages": stages,
+                "predictions": {"total": self.predicted, "flagged": self.flagged,
+                                "by_path": dict(self.paths)}}
+
+    def prometheus(self, *, now: float | None = None) -> str:
+        """The board in the Prometheus text exposition format."""
+        snap = self.snapshot(now=now)
+        lines = [
+            "# HELP tidegate_stage_up 1 when the stage sent a health event recently.",
+            "# TYPE tidegate_stage_up gauge",
+        ]
+        for stage, info in snap["stages"].items():
+            lines.append(f'tidegate_stage_up{{stage="{stage}"}} {int(info["state"] == "up")}')
+        for name in _TOTALS:
+            lines += [f"# TYPE tidegate_{name}_total counter"]
+            lines += [f'tidegate_{name}_total{{stage="{stage}"}} {info[name]}'
+                      for stage, info in snap["stages"].items()]
+        lines.append("# TYPE tidegate_dead_letters_total counter")
+        for stage, info in snap["stages"].items():
+            lines += [f'tidegate_dead_letters_total{{stage="{stage}",code="{code}"}} {count}'
+                      for code, count in sorted(info["dead_letters_by_code"].items())]
+        lines.append("# TYPE tidegate_lag gauge")
+        lines += [f'tidegate_lag{{stage="{stage}"}} {info["lag"]}'
+                  for stage, info in snap["stages"].items()]
+        lines.append("# TYPE tidegate_latency_ms gauge")
+        for stage, info in snap["stages"].items():
+            for q in ("p50", "p99"):
+                value = info[f"latency_{q}_ms"]
+                lines.append(f'tidegate_latency_ms{{stage="{stage}",quantile="{q}"}} {value}')
+        lines.append("# TYPE tidegate_predictions_total counter")
+        lines += [f'tidegate_predictions_total{{path="{path}"}} {count}'
+                  for path, count in sorted(snap["predictions"]["by_path"].items())]
+        return "\n".join(lines) + "\n"
