@@ -88,19 +88,29 @@ class DeadLetter:
                    event_id=event_id)
 
 
-def header_value(headers: Sequence[tuple[str, bytes | None]] | None, name: str) -> str | None:
+HeaderInput = (
+    Sequence[tuple[str, str | bytes | None]] | Mapping[str, str | bytes | None] | None
+)
+
+
+def _pairs(headers: HeaderInput) -> list[tuple[str, bytes | None]]:
+    items = headers.items() if isinstance(headers, Mapping) else headers or ()
+    return [(key, value.encode() if isinstance(value, str) else value) for key, value in items]
+
+
+def header_value(headers: HeaderInput, name: str) -> str | None:
     """The last value of header ``name`` decoded as UTF-8, or None."""
     found = None
-    for key, value in headers or ():
+    for key, value in _pairs(headers):
         if key == name and value is not None:
             found = value
     return found.decode("utf-8", "replace") if found is not None else None
 
 
-def context_of(headers: Sequence[tuple[str, bytes | None]] | None) -> dict[str, str]:
+def context_of(headers: HeaderInput) -> dict[str, str]:
     """The error context a dead letter carries, without the prefix."""
     return {
         key.removeprefix(CONTEXT_PREFIX): value.decode("utf-8", "replace")
-        for key, value in headers or ()
+        for key, value in _pairs(headers)
         if key.startswith(CONTEXT_PREFIX) and value is not None
     }

@@ -37,6 +37,7 @@ from tidegate.settings import Settings
 __all__ = [
     "BrokerState",
     "broker_status",
+    "death_signal_prefix",
     "read_state",
     "start_broker",
     "stop_broker",
@@ -100,7 +101,7 @@ def start_broker(settings: Settings, *, die_with_parent: bool = False) -> Broker
         _format_storage(jvm, properties)
     out = (directory / "kafka.out").open("ab")
     process = subprocess.Popen(
-        [*_death_signal_wrapper(die_with_parent), *jvm, _MAIN_CLASS, str(properties)],
+        [*death_signal_prefix(die_with_parent), *jvm, _MAIN_CLASS, str(properties)],
         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
@@ -264,7 +265,7 @@ def _is_our_broker(pid: int, directory: Path) -> bool:
     )
 
 
-def _death_signal_wrapper(wanted: bool) -> list[str]:
+def death_signal_prefix(wanted: bool) -> list[str]:
     """``setpriv --pdeathsig``: the kernel sends SIGTERM to the broker when its parent dies.
 
     util-linux's setpriv sets it and then execs java; a preexec_fn would do the same but is

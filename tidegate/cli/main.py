@@ -7,8 +7,12 @@ import sys
 import click
 
 from tidegate.cli.broker import broker
+from tidegate.cli.data import produce, tail
+from tidegate.cli.dlq import dlq
+from tidegate.cli.model import model
 from tidegate.cli.stage import stage
 from tidegate.cli.topics import topics
+from tidegate.cli.up import status, up
 from tidegate.errors import ConfigError, TidegateError
 
 __all__ = ["cli", "main"]
@@ -26,6 +30,8 @@ def cli() -> None:
 cli.add_command(broker)
 cli.add_command(topics)
 cli.add_command(stage)
+for _command in (up, status, produce, tail, dlq, model):
+    cli.add_command(_command)
 
 
 def main(argv: list[str] | None = None) -> int:

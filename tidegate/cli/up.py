@@ -1,0 +1,150 @@
+"""``tidegate up`` runs the whole pipeline; ``tidegate status`` asks monitoring how it is."""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+import click
+
+from tidegate.admin import ensure_topics
+from tidegate.broker.embedded import start_broker, stop_broker
+from tidegate.cluster import client_config
+from tidegate.errors import TidegateError, TopicMismatchError
+from tidegate.settings import Settings, load_settings
+from tidegate.topics import CATALOG
+
+__all__ = ["status", "up"]
+
+STAGES = ("ingest", "validation", "feature", "inference", "monitoring")
+
+
+@click.command()
+@click.option("--demo", is_flag=True, help="Also feed the example generator into the pipeline.")
+@click.option("--rate", type=click.FloatRange(min=1), default=200.0, show_default=True,
+              help="Events per second the demo generator sends.")
+@click.option("--bad-rate", type=click.FloatRange(0, 1), default=0.02, show_default=True,
+              help="Share of bad records the demo generator sends.")
+@click.option("--duration", type=click.FloatRange(min=1), help="Stop after this many seconds.")
+def up(demo: bool, rate: float, bad_rate: float, duration: float | None) -> None:
+    """Broker (if needed), topics, example model (if none), all five stages, status endpoint.
+
+    Ctrl-C (or SIGTERM) stops the stages cleanly, then the broker if this command started it.
+    """
+    from tidegate.logs import logging_config
+    from tidegate.supervisor import Supervisor
+
+    settings = load_settings()
+    import logging.config
+
+    logging.config.dictConfig(logging_config(settings))
+    started_broker = False
+    if not settings.kafka_bootstrap_servers:
+        state = start_broker(settings, die_with_parent=True)
+        started_broker = not state.already_running
+        click.echo(f"broker at {state.bootstrap}"
+                   + (f" (started in {state.start_seconds:.1f} s)" if started_broker else ""))
+    supervisor: Supervisor | None = None
+    stopping = threading.Event()
+    try:
+        reports = ensure_topics(client_config(settings), CATALOG, prefix=settings.topic_prefix,
+                                replication=settings.replication_factor)
+        if bad := [r for r in reports if r.action == "mismatch"]:
+            raise TopicMismatchError(f"{bad[0].name}: {'; '.join(bad[0].problems)}")
+        _ensure_model(settings)
+        supervisor = Supervisor(
+            {stage: [sys.executable, "-m", "tidegate.cli.main", "stage", "run", stage]
+             for stage in STAGES},
+            log_dir=settings.data_dir.resolve() / "logs",
+        )
+        supervisor.start()
+        click.echo(f"{len(STAGES)} stages running; logs in {settings.data_dir / 'logs'}; "
+                   f"status at http://{settings.status_host}:{settings.status_port}/status; "
+                   "Ctrl-C stops")
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stopping.set())
+        if demo:
+            threading.Thread(target=_demo, args=(settings, rate, bad_rate, stopping),
+                             daemon=True, name="demo").start()
+        ends = time.monotonic() + duration if duration else None
+        while not stopping.is_set() and (ends is None or time.monotonic() < ends):
+            supervisor.poll()
+            stopping.wait(0.5)
+    finally:
+        stopping.set()
+        if supervisor is not None:
+            click.echo("stopping stages")
+            supervisor.stop()
+        if started_broker:
+            stop_broker(settings)
+            click.echo("broker stopped")
+
+
+def _ensure_model(settings: Settings) -> None:
+    from tidegate.registry import ModelRegistry
+    from tidegate.training import FALLBACK, PRIMARY, train_example
+
+    registry = ModelRegistry(settings.registry_dir)
+    if settings.registry_dir.is_dir() and all(
+        name in registry.names() and registry.production(name) for name in (PRIMARY, FALLBACK)
+    ):
+        return
+    click.echo("model registry is empty: training the example models")
+    for version in train_example(registry):
+        click.echo(f"  {version.name}:{version.version} roc_auc={version.metrics['roc_auc']:.4f}")
+
+
+def _demo(settings: Settings, rate: float, bad_rate: float, stopping: threading.Event) -> None:
+    from confluent_kafka import Producer
+
+    from tidegate.example.stream import example_messages
+
+    producer = Producer(client_config(settings, **{"linger.ms": 10, "log_level": 3}))
+    topic = settings.topic_prefix + "events"
+    began, sent = time.monotonic(), 0
+    for message in example_messages(10**12, seed=int(time.time()), bad_rate=bad_rate,
+                                    events_per_second=rate):
+        if stopping.is_set():
+            break
+        ahead = sent / rate - (time.monotonic() - began)
+        if ahead > 0:
+            stopping.wait(ahead)
+        try:
+            producer.produce(topic, key=message.key, value=message.value)
+        except BufferError:
+            producer.poll(0.5)
+            continue
+        producer.poll(0)
+        sent += 1
+    producer.flush(10)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status JSON.")
+def status(as_json: bool) -> None:
+    """Per-stage status from the monitoring stage."""
+    settings = load_settings()
+    url = f"http://{settings.status_host}:{settings.status_port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            board: dict[str, Any] = json.loads(reply.read())
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        raise TidegateError(f"monitoring does not answer at {url}: {exc}") from exc
+    if as_json:
+        click.echo(json.dumps(board))
+        return
+    click.echo(f"{'stage':11} {'state':8} {'in':>9} {'out':>9} {'dead':>7} {'lag':>7} "
+               f"{'p99 ms':>8} mode")
+    for stage, info in board["stages"].items():
+        click.echo(f"{stage:11} {info['state']:8} {info['records_in']:>9} "
+                   f"{info['records_out']:>9} {info['dead_lettered']:>7} {info['lag']:>7} "
+                   f"{info['latency_p99_ms']:>8.1f} {info['mode']}")
+    predictions = board["predictions"]
+    click.echo(f"predictions: {predictions['total']} ({predictions['flagged']} flagged) "
+               f"by path {predictions['by_path']}")

@@ -1,0 +1,86 @@
+"""Read a topic from the beginning (or the end) to its current end, or follow it.
+
+Used by ``tidegate tail``, ``tidegate dlq`` and the tests: it assigns every partition itself,
+so it joins no consumer group and commits nothing.
+
+Example::
+
+    for message in read_topic(config, "tidegate.predictions"):
+        print(message.value())
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+from confluent_kafka import (
+    OFFSET_BEGINNING,
+    OFFSET_END,
+    Consumer,
+    KafkaError,
+    KafkaException,
+    Message,
+    TopicPartition,
+)
+
+from tidegate.errors import BrokerError
+from tidegate.settings import ClientConfig
+
+__all__ = ["Message", "read_topic"]
+
+
+def read_topic(
+    config: ClientConfig, topic: str, *, from_beginning: bool = True, follow: bool = False,
+    limit: int | None = None, idle_timeout: float = 10.0,
+) -> Iterator[Message]:
+    """Messages of ``topic``; without ``follow``, stop at the end it had when reading began.
+
+    ``idle_timeout`` bounds how long reading waits for a message it knows exists.
+    """
+    consumer = Consumer({**config, "group.id": "tidegate-reader", "enable.auto.commit": False,
+                         "enable.partition.eof": True, "log_level": 3})
+    try:
+        try:
+            metadata = consumer.list_topics(topic, timeout=10)
+        except KafkaException as exc:
+            raise BrokerError(f"cannot reach the cluster: {exc.args[0].str()}") from exc
+        info = metadata.topics.get(topic)
+        if info is None or info.error is not None or not info.partitions:
+            raise BrokerError(f"topic {topic} does not exist")
+        start = OFFSET_BEGINNING if from_beginning else OFFSET_END
+        partitions = sorted(info.partitions)
+        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+                for p in partitions}
+        open_parts = {p for p, (low, high) in ends.items()
+                      if follow or (high > low and from_beginning)}
+        consumer.assign([TopicPartition(topic, p, start) for p in partitions])
+        yielded = 0
+        quiet_since = time.monotonic()
+        while open_parts or follow:
+            if limit is not None and yielded >= limit:
+                return
+            message = consumer.poll(0.5)
+            if message is None:
+                if not follow and time.monotonic() - quiet_since > idle_timeout:
+                    raise BrokerError(f"reading {topic} stalled for {idle_timeout:.0f} s")
+                continue
+            quiet_since = time.monotonic()
+            error = message.error()
+            if error is not None:
+                if error.code() == KafkaError._PARTITION_EOF:
+                    if not follow:
+                        open_parts.discard(message.partition() or 0)
+                    continue
+                raise BrokerError(f"reading {topic}: {error.str()}")
+            partition = message.partition() or 0
+            offset = message.offset() or 0
+            if not follow and offset >= ends[partition][1]:
+                open_parts.discard(partition)
+                continue
+            yielded += 1
+            yield message
+            if not follow and offset + 1 >= ends[partition][1]:
+                open_parts.discard(partition)
+    finally:
+        consumer.close()
