@@ -60,6 +60,9 @@ def create_app(stage: str, settings: Settings, *, partitions: int = 6) -> faust.
         producer_linger_ms=5,
         consumer_auto_offset_reset="earliest",
         broker_commit_interval=1.0,
+        # A killed worker's partitions move to its replacement after the session timeout.
+        broker_session_timeout=10.0,
+        broker_heartbeat_interval=2.0,
         stream_wait_empty=False,
         web_enabled=stage == "monitoring",
         web_bind=settings.status_host,

@@ -26,6 +26,8 @@ __all__ = ["BATCH_SCHEMA", "ages_ms", "envelope_source", "pack", "partition_for"
 
 BATCH_SCHEMA = "tidegate.internal.EventBatch"
 _MAX_EVENTS = 2000
+_MAX_BYTES = 512 * 1024  # the broker refuses messages over 1 MiB by default
+_ENVELOPE_OVERHEAD = 200  # ids, trace context, timestamps, source position, headers
 
 
 def partition_for(key: str, partitions: int) -> int:
@@ -45,10 +47,24 @@ def pack(
         groups[partition].append(envelope)
     now = int(time.time() * 1000)
     for partition, events in groups.items():
-        for start in range(0, len(events), _MAX_EVENTS):
+        for chunk in _chunks(events):
             batch = {"batch_id": uuid.uuid4().hex, "stage": stage, "created_at": now,
-                     "events": events[start:start + _MAX_EVENTS]}
+                     "events": chunk}
             yield partition, codec.encode(BATCH_SCHEMA, batch)
+
+
+def _chunks(events: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+    """Slices that stay well under the broker's 1 MiB message limit, whatever the event size."""
+    start, size = 0, 0
+    for index, event in enumerate(events):
+        estimate = (_ENVELOPE_OVERHEAD + len(event["value"]) + len(event["fields"])
+                    + 9 * len(event["features"]))
+        if index > start and (size + estimate > _MAX_BYTES or index - start >= _MAX_EVENTS):
+            yield events[start:index]
+            start, size = index, 0
+        size += estimate
+    if start < len(events):
+        yield events[start:]
 
 
 def unpack(codec: Codec, value: bytes) -> list[Record]:

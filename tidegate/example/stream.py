@@ -11,7 +11,7 @@ Example::
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 from tidegate.codec import Codec
@@ -37,12 +37,12 @@ class ExampleMessage:
 def example_messages(
     count: int, *, seed: int = 0, bad_rate: float = 0.0, drift: float = 0.0,
     json_share: float = 0.2, events_per_second: float = 1000.0, accounts: int = 2000,
-    codec: Codec | None = None,
+    codec: Codec | None = None, kinds: Sequence[BadKind] = ALL_KINDS,
 ) -> Iterator[ExampleMessage]:
     """``count`` messages keyed by account id; a share ``bad_rate`` of them bad (every kind)."""
     generator = TransactionGenerator(seed=seed, drift=drift, accounts=accounts,
                                      events_per_second=events_per_second)
-    injector = BadRecordInjector(seed=seed, rate=bad_rate, kinds=ALL_KINDS,
+    injector = BadRecordInjector(seed=seed, rate=bad_rate, kinds=kinds,
                                  json_share=json_share)
     encode = (codec or Codec()).encoder("tidegate.example.CardTransaction")
     left = count

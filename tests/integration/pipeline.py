@@ -1,0 +1,153 @@
+"""The whole pipeline as real processes against the session broker, for integration tests."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from confluent_kafka import Producer
+
+from tidegate.admin import ensure_topics
+from tidegate.codec import Codec
+from tidegate.deadletter import context_of
+from tidegate.example.stream import ExampleMessage
+from tidegate.reading import read_topic
+from tidegate.registry import ModelRegistry
+from tidegate.settings import ClientConfig, Settings
+from tidegate.supervisor import Supervisor
+from tidegate.topics import CATALOG, STAGES
+
+STAGE_NAMES = ("ingest", "validation", "feature", "inference", "monitoring")
+_trained: dict[str, Path] = {}
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def example_registry(root: Path) -> Path:
+    """A registry with the example models, trained once per session and copied per test."""
+    import shutil
+
+    from tidegate.training import train_example
+
+    if "models" not in _trained:
+        source = root.parent / "trained-models"
+        if not source.exists():
+            train_example(ModelRegistry(source), events=30000)
+        _trained["models"] = source
+    shutil.copytree(_trained["models"], root)
+    return root
+
+
+@contextmanager
+def running_pipeline(settings: Settings, *, stages: Iterable[str] = STAGE_NAMES
+                     ) -> Iterator[Supervisor]:
+    """Topics, models and one supervised process per stage; everything stops afterwards."""
+    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
+    ensure_topics(config, CATALOG, prefix=settings.topic_prefix, replication=1)
+    if not settings.registry_dir.exists():
+        example_registry(settings.registry_dir)
+    env = {**os.environ, "TIDEGATE_LOG_LEVEL": "WARNING"}
+    supervisor = Supervisor(
+        {stage: [sys.executable, "-m", "tidegate.cli.main", "stage", "run", stage]
+         for stage in stages},
+        log_dir=settings.data_dir / "logs", env=env, backoff=0.5,
+    )
+    supervisor.start()
+    try:
+        yield supervisor
+    finally:
+        supervisor.stop()
+
+
+def produce(settings: Settings, messages: Iterable[ExampleMessage], *,
+            rate: float = 0.0) -> list[ExampleMessage]:
+    """Send the messages to the input topic; return them once the broker acked every one."""
+    producer = Producer({"bootstrap.servers": str(settings.kafka_bootstrap_servers),
+                         "linger.ms": 10, "acks": "all"})
+    topic = settings.topic_prefix + "events"
+    sent: list[ExampleMessage] = []
+    began = time.monotonic()
+    for message in messages:
+        if rate and len(sent) / rate > time.monotonic() - began:
+            time.sleep(len(sent) / rate - (time.monotonic() - began))
+        producer.produce(topic, key=message.key, value=message.value)
+        producer.poll(0)
+        sent.append(message)
+    assert producer.flush(60) == 0, "the broker did not acknowledge every input event"
+    return sent
+
+
+@dataclass
+class Outputs:
+    """Everything the pipeline wrote: predictions by event id, dead letters by stage."""
+
+    predictions: Counter[str] = field(default_factory=Counter)
+    latencies_ms: list[float] = field(default_factory=list)
+    paths: Counter[str] = field(default_factory=Counter)
+    # (stage, code, original value bytes) per dead letter
+    dead: Counter[tuple[str, str, bytes]] = field(default_factory=Counter)
+    last_prediction_at: float = 0.0
+
+    @property
+    def total(self) -> int:
+        return sum(self.predictions.values()) + sum(self.dead.values())
+
+
+def read_outputs(settings: Settings) -> Outputs:
+    """Read predictions and every dead-letter topic from the start to their current end."""
+    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
+    codec = Codec()
+    outputs = Outputs()
+    for message in read_topic(config, settings.topic_prefix + "predictions"):
+        record = codec.decode(message.value() or b"")
+        outputs.predictions[record["event_id"]] += 1
+        outputs.latencies_ms.append(record["latency_ms"])
+        outputs.paths[record["path"]] += 1
+        outputs.last_prediction_at = max(outputs.last_prediction_at,
+                                         record["predicted_at"] / 1000)
+    for stage, spec in STAGES.items():
+        if spec.dead_letter is None:
+            continue
+        for message in read_topic(config, spec.dead_letter.name(settings.topic_prefix)):
+            code = context_of(message.headers()).get("error.code", "?")
+            outputs.dead[(stage, code, message.value() or b"")] += 1
+    return outputs
+
+
+def wait_for_outputs(settings: Settings, expected: int, *, timeout: float = 180.0,
+                     supervisor: Supervisor | None = None) -> Outputs:
+    """Poll the outputs until ``expected`` records arrived (or the timeout says what is missing)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        outputs = read_outputs(settings)
+        if outputs.total >= expected or time.monotonic() > deadline:
+            return outputs
+        if supervisor is not None:
+            supervisor.poll()
+        time.sleep(1.0)
+
+
+def wait_until_healthy(settings: Settings, stages: Iterable[str] = STAGE_NAMES, *,
+                       timeout: float = 90.0) -> float:
+    """Wait until every stage has sent a health event; return how long that took."""
+    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
+    codec = Codec()
+    wanted, began = set(stages), time.monotonic()
+    while time.monotonic() - began < timeout:
+        seen = {codec.decode(m.value() or b"")["stage"]
+                for m in read_topic(config, settings.topic_prefix + "health")}
+        if wanted <= seen:
+            return time.monotonic() - began
+        time.sleep(0.5)
+    raise AssertionError(f"stages never reported healthy: {sorted(wanted - seen)}")
