@@ -25,7 +25,10 @@ pytestmark = pytest.mark.integration
 EVENTS = 20_000
 
 
-def _expectations(sent: list[ExampleMessage]) -> tuple[Counter[str], Counter[tuple[str, str, bytes]]]:
+Expected = tuple[Counter[str], Counter[tuple[str, str, bytes]]]
+
+
+def _expectations(sent: list[ExampleMessage]) -> Expected:
     """Event ids that must be predicted, and (stage, code, value) that must be dead-lettered."""
     predicted: Counter[str] = Counter()
     dead: Counter[tuple[str, str, bytes]] = Counter()
@@ -61,7 +64,8 @@ def test_every_event_ends_in_exactly_one_place(pipeline_settings: Settings) -> N
     assert outputs.dead == dead, _dead_diff(outputs.dead, dead)
     lat = np.percentile(outputs.latencies_ms, [50, 99])
     print(f"\npipeline: {len(sent)} events ({sum(dead.values())} bad, {len(kinds)} kinds) "
-          f"accounted for in {took:.1f} s (stages ready after {ready:.1f} s) = {len(sent) / took:.0f} events/s end to end; "
+          f"accounted for in {took:.1f} s (stages ready after {ready:.1f} s) = "
+          f"{len(sent) / took:.0f} events/s end to end; "
           f"ingest-to-prediction latency p50 {lat[0]:.0f} ms, p99 {lat[1]:.0f} ms")
 
 

@@ -186,7 +186,7 @@ def test_kafka_is_a_single_kraft_node_without_topic_auto_creation(
 
 def test_topics_job_runs_once_after_a_healthy_broker(services: dict[str, list[str]]) -> None:
     topics = services["topics"]
-    assert _items(_children(topics, "command")) == ["tidegate", "topics", "create"]
+    assert _items(_children(topics, "command")) == ["tidegate", "init"]
     assert _scalar(topics, "restart") == "no"
     kafka = _children(_children(topics, "depends_on"), "kafka")
     assert _scalar(kafka, "condition") == "service_healthy"

@@ -12,7 +12,7 @@ from tidegate.cli.dlq import dlq
 from tidegate.cli.model import model
 from tidegate.cli.stage import stage
 from tidegate.cli.topics import topics
-from tidegate.cli.up import status, up
+from tidegate.cli.up import init, status, up
 from tidegate.errors import ConfigError, TidegateError
 
 __all__ = ["cli", "main"]
@@ -30,7 +30,7 @@ def cli() -> None:
 cli.add_command(broker)
 cli.add_command(topics)
 cli.add_command(stage)
-for _command in (up, status, produce, tail, dlq, model):
+for _command in (init, up, status, produce, tail, dlq, model):
     cli.add_command(_command)
 
 

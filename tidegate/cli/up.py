@@ -20,7 +20,7 @@ from tidegate.errors import TidegateError, TopicMismatchError
 from tidegate.settings import Settings, load_settings
 from tidegate.topics import CATALOG
 
-__all__ = ["status", "up"]
+__all__ = ["init", "status", "up"]
 
 STAGES = ("ingest", "validation", "feature", "inference", "monitoring")
 
@@ -53,11 +53,7 @@ def up(demo: bool, rate: float, bad_rate: float, duration: float | None) -> None
     supervisor: Supervisor | None = None
     stopping = threading.Event()
     try:
-        reports = ensure_topics(client_config(settings), CATALOG, prefix=settings.topic_prefix,
-                                replication=settings.replication_factor)
-        if bad := [r for r in reports if r.action == "mismatch"]:
-            raise TopicMismatchError(f"{bad[0].name}: {'; '.join(bad[0].problems)}")
-        _ensure_model(settings)
+        _prepare(settings)
         supervisor = Supervisor(
             {stage: [sys.executable, "-m", "tidegate.cli.main", "stage", "run", stage]
              for stage in STAGES},
@@ -84,6 +80,22 @@ def up(demo: bool, rate: float, bad_rate: float, duration: float | None) -> None
         if started_broker:
             stop_broker(settings)
             click.echo("broker stopped")
+
+
+@click.command()
+def init() -> None:
+    """Create the catalog's topics and, if the registry is empty, train the example models."""
+    _prepare(load_settings())
+
+
+def _prepare(settings: Settings) -> None:
+    reports = ensure_topics(client_config(settings), CATALOG, prefix=settings.topic_prefix,
+                            replication=settings.replication_factor)
+    if bad := [r for r in reports if r.action == "mismatch"]:
+        raise TopicMismatchError(f"{bad[0].name}: {'; '.join(bad[0].problems)}")
+    created = sum(r.action == "created" for r in reports)
+    click.echo(f"topics: {created} created, {len(reports) - created} already there")
+    _ensure_model(settings)
 
 
 def _ensure_model(settings: Settings) -> None:
