@@ -26,11 +26,16 @@ def credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
         return None
     context = None
     if protocol in ("SSL", "SASL_SSL"):
-        context = ssl.create_default_context(cafile=security.get("ssl.ca.location"))
-        if "ssl.certificate.location" in security:
-            context.load_cert_chain(security["ssl.certificate.location"],
-                                    security.get("ssl.key.location"),
-                                    security.get("ssl.key.password"))
+        variable = "KAFKA_SSL_CA_LOCATION"
+        try:
+            context = ssl.create_default_context(cafile=security.get("ssl.ca.location"))
+            if "ssl.certificate.location" in security:
+                variable = "KAFKA_SSL_CERTIFICATE_LOCATION / KAFKA_SSL_KEY_LOCATION"
+                context.load_cert_chain(security["ssl.certificate.location"],
+                                        security.get("ssl.key.location"),
+                                        security.get("ssl.key.password"))
+        except (OSError, ssl.SSLError) as exc:
+            raise ConfigError(f"invalid setting {variable}: {exc}") from exc
     if protocol == "SSL":
         return faust.SSLCredentials(context)
     if protocol in ("SASL_PLAINTEXT", "SASL_SSL"):

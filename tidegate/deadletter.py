@@ -79,7 +79,7 @@ class DeadLetter:
         if trace_id:
             context["trace.id"] = trace_id
         if details:
-            context["error.details"] = json.dumps(list(details), default=str)[:_DETAILS_LIMIT]
+            context["error.details"] = _bounded_json(list(details))
         headers = [
             *(h for h in source.headers if not h[0].startswith(CONTEXT_PREFIX)),
             *((CONTEXT_PREFIX + name, value.encode()) for name, value in context.items()),
@@ -96,6 +96,19 @@ HeaderInput = (
 def _pairs(headers: HeaderInput) -> list[tuple[str, bytes | None]]:
     items = headers.items() if isinstance(headers, Mapping) else headers or ()
     return [(key, value.encode() if isinstance(value, str) else value) for key, value in items]
+
+
+def _bounded_json(details: list[Mapping[str, object]]) -> str:
+    """JSON of as many details as fit the limit, then a count of those left out."""
+    keep = len(details)
+    while True:
+        shown: list[Mapping[str, object]] = details[:keep]
+        if keep < len(details):
+            shown = [*shown, {"omitted": len(details) - keep}]
+        text = json.dumps(shown, default=str)
+        if len(text) <= _DETAILS_LIMIT or keep == 0:
+            return text
+        keep //= 2
 
 
 def header_value(headers: HeaderInput, name: str) -> str | None:

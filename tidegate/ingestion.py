@@ -48,13 +48,13 @@ class Dedupe:
 
     def seen(self, event_id: str, now_ms: int) -> bool:
         """True if ``event_id`` was seen in the window; remembers it otherwise."""
+        horizon = now_ms - self._window
+        while self._seen and next(iter(self._seen.values())) < horizon:
+            self._seen.popitem(last=False)
         if event_id in self._seen:
             return True
         self._seen[event_id] = now_ms
         while len(self._seen) > self._max:
-            self._seen.popitem(last=False)
-        horizon = now_ms - self._window
-        while self._seen and next(iter(self._seen.values())) < horizon:
             self._seen.popitem(last=False)
         return False
 
@@ -63,7 +63,8 @@ def make_traceparent(headers: Headers) -> tuple[str, str]:
     """Continue the producer's W3C trace context, or start one: (traceparent, trace id)."""
     incoming = header_value(headers, "traceparent")
     match = _TRACEPARENT.match(incoming) if incoming else None
-    trace_id = match.group(1) if match else os.urandom(16).hex()
+    valid = match is not None and match.group(1).strip("0") and match.group(2).strip("0")
+    trace_id = match.group(1) if match and valid else os.urandom(16).hex()
     return f"00-{trace_id}-{os.urandom(8).hex()}-01", trace_id
 
 

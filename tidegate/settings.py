@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tidegate.errors import ConfigError
@@ -54,6 +54,7 @@ class Settings(BaseSettings):
     """Everything tidegate reads from its environment. Names are ``TIDEGATE_<FIELD>``."""
 
     model_config = SettingsConfigDict(env_prefix="TIDEGATE_", frozen=True, extra="ignore")
+    _security: dict[str, str] = PrivateAttr(default_factory=lambda: security_config(os.environ))
 
     kafka_bootstrap_servers: str | None = Field(
         default=None, validation_alias="KAFKA_BOOTSTRAP_SERVERS"
@@ -101,7 +102,8 @@ class Settings(BaseSettings):
 
     @property
     def security(self) -> dict[str, str]:
-        return security_config(os.environ)
+        """The client security settings, as read from the environment at load."""
+        return dict(self._security)
 
     def client_config(self, bootstrap_servers: str) -> ClientConfig:
         """librdkafka configuration for any client: bootstrap servers plus security settings."""

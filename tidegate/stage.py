@@ -26,8 +26,10 @@ from typing import Any
 import faust
 
 from tidegate.app import create_app
+from tidegate.batches import envelope_source, unpack
 from tidegate.codec import Codec
 from tidegate.deadletter import DeadLetter, SourceRecord
+from tidegate.errors import CodecError
 from tidegate.health import StageMetrics
 from tidegate.settings import Settings
 from tidegate.topics import STAGES, TopicSpec, by_key
@@ -93,9 +95,12 @@ class StageRuntime:
         """Messages for this stage's dead-letter topic; the metrics count them by code."""
         if not letters:
             return []
-        assert self.topics.dead_letter is not None
-        topic = self.name(self.topics.dead_letter)
         self.metrics.record_dead_letters(letter.code for letter in letters)
+        if self.topics.dead_letter is None:  # monitoring reads only its own inputs
+            for letter in letters:
+                log.error("unprocessable %s record dropped: %s", self.stage, letter.code)
+            return []
+        topic = self.name(self.topics.dead_letter)
         for letter in letters:
             log.info("dead letter %s", letter.code,
                      extra={"event_id": letter.event_id, "code": letter.code})
@@ -130,11 +135,24 @@ class StageRuntime:
                 outgoing.extend(await handler([event]))
             except Exception as exc:  # noqa: BLE001 -- isolate the poison message
                 self.metrics.record_error()
-                letter = DeadLetter.of(source_record(event), stage=self.stage,
-                                       code="INTERNAL_ERROR", error_class=type(exc).__name__,
-                                       message=str(exc) or type(exc).__name__)
-                outgoing.extend(self.dead_letters([letter]))
+                outgoing.extend(self.dead_letters(self._failure_letters(event, exc)))
         return outgoing
+
+    def _failure_letters(self, event: Any, exc: Exception) -> list[DeadLetter]:
+        """INTERNAL_ERROR dead letters for a message that failed alone: one per original event."""
+        message, error_class = str(exc) or type(exc).__name__, type(exc).__name__
+        if not self.topics.source.internal:
+            return [DeadLetter.of(source_record(event), stage=self.stage, code="INTERNAL_ERROR",
+                                  error_class=error_class, message=message)]
+        try:
+            envelopes = unpack(self.codec, event.message.value)
+        except CodecError:
+            return [DeadLetter.of(source_record(event), stage=self.stage, code="BAD_BATCH",
+                                  error_class=error_class, message=message)]
+        return [DeadLetter.of(envelope_source(envelope), stage=self.stage,
+                              code="INTERNAL_ERROR", error_class=error_class, message=message,
+                              event_id=envelope["event_id"], trace_id=envelope["trace_id"])
+                for envelope in envelopes]
 
     async def deliver(self, outgoing: Sequence[Outgoing]) -> None:
         """Produce every message and wait for the broker's acks; retry, or exit for a restart."""

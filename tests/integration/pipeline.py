@@ -7,7 +7,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -126,12 +126,14 @@ def read_outputs(settings: Settings) -> Outputs:
 
 
 def wait_for_outputs(settings: Settings, expected: int, *, timeout: float = 180.0,
-                     supervisor: Supervisor | None = None) -> Outputs:
-    """Poll the outputs until ``expected`` records arrived (or the timeout says what is missing)."""
+                     supervisor: Supervisor | None = None,
+                     done: Callable[[Outputs], bool] | None = None) -> Outputs:
+    """Poll the outputs until ``expected`` records arrived, or ``done`` says so, or the timeout."""
     deadline = time.monotonic() + timeout
     while True:
         outputs = read_outputs(settings)
-        if outputs.total >= expected or time.monotonic() > deadline:
+        finished = done(outputs) if done is not None else outputs.total >= expected
+        if finished or time.monotonic() > deadline:
             return outputs
         if supervisor is not None:
             supervisor.poll()

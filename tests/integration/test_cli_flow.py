@@ -70,8 +70,15 @@ def test_up_produce_tail_dlq(tmp_path: Path) -> None:
         assert "NOT_FINITE" in counts["validation"], counts
         table = _tidegate(env, "dlq", "ls")
         assert "validation" in table and "OUT_OF_RANGE" in table
-        status = json.loads(_tidegate(env, "status", "--json"))
-        assert status["stages"]["inference"]["state"] == "up"
+        deadline, states = time.monotonic() + 60, {}
+        while time.monotonic() < deadline:  # monitoring may still be catching up on health
+            status = json.loads(_tidegate(env, "status", "--json"))
+            states = {stage: info["state"] for stage, info in status["stages"].items()}
+            if set(states.values()) == {"up"}:
+                break
+            time.sleep(1)
+        assert set(states.values()) == {"up"}, states
+        assert status["predictions"]["total"] > 0
     finally:
         up.send_signal(signal.SIGINT)
         code = up.wait(timeout=60)

@@ -1,0 +1,206 @@
+"""The fallback chain primary -> fallback -> static, and the prediction records it yields."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytest
+from sklearn.ensemble import HistGradientBoostingClassifier
+from sklearn.linear_model import LogisticRegression
+
+from tidegate.codec import Codec
+from tidegate.errors import ScoringError
+from tidegate.features import FEATURE_NAMES
+from tidegate.inference import Path, ScoreResult, ScoringChain, predictions
+from tidegate.registry import ModelVersion
+from tidegate.scoring import ModelScorer, Scorer, StaticScorer
+
+pytestmark = pytest.mark.unit
+
+WIDTH = len(FEATURE_NAMES)
+PREDICTION = "tidegate.Prediction"
+
+
+class FixedScorer:
+    """Answers with fixed scores and counts its calls."""
+
+    def __init__(self, version: str, scores: Sequence[float]) -> None:
+        self.version = version
+        self.scores = np.asarray(scores, dtype=np.float64)
+        self.calls = 0
+
+    def score(self, matrix: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        return self.scores[: len(matrix)]
+
+
+class FailingScorer:
+    """Always fails the way a broken model does."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.calls = 0
+
+    def score(self, matrix: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        raise ScoringError(f"{self.version}: model exploded on {len(matrix)} rows")
+
+
+def chain(primary: Scorer | None, fallback: Scorer | None, *, static: float = 0.0
+          ) -> ScoringChain:
+    return ScoringChain(primary=primary, fallback=fallback, static=StaticScorer(static),
+                        primary_threshold=0.7, fallback_threshold=0.4)
+
+
+MATRIX = np.zeros((3, WIDTH))
+
+
+def test_protocol_is_satisfied_by_the_fakes_and_the_shipped_scorers() -> None:
+    assert isinstance(FixedScorer("a", [0.1]), Scorer)
+    assert isinstance(FailingScorer("b"), Scorer)
+    assert isinstance(StaticScorer(0.5), Scorer)
+
+
+def test_primary_answers_when_it_works() -> None:
+    primary, fallback = FixedScorer("p:v2", [0.9, 0.1, 0.7]), FixedScorer("f:v1", [0.5] * 3)
+    result = chain(primary, fallback).score(MATRIX)
+    assert result.path == "primary"
+    assert result.version == "p:v2"
+    assert result.threshold == 0.7
+    assert result.scores.tolist() == [0.9, 0.1, 0.7]
+    assert (primary.calls, fallback.calls) == (1, 0)
+
+
+def test_a_failing_primary_falls_back() -> None:
+    primary, fallback = FailingScorer("p:v2"), FixedScorer("f:v1", [0.2, 0.4, 0.6])
+    result = chain(primary, fallback).score(MATRIX)
+    assert result.path == "fallback"
+    assert result.version == "f:v1"
+    assert result.threshold == 0.4
+    assert result.scores.tolist() == [0.2, 0.4, 0.6]
+    assert (primary.calls, fallback.calls) == (1, 1)
+
+
+def test_both_failing_gives_the_static_answer() -> None:
+    primary, fallback = FailingScorer("p:v2"), FailingScorer("f:v1")
+    result = chain(primary, fallback, static=0.25).score(MATRIX)
+    assert result.path == "static"
+    assert result.version == "static"
+    assert result.threshold == 1.0
+    assert result.scores.tolist() == [0.25] * 3
+    assert (primary.calls, fallback.calls) == (1, 1)
+
+
+def test_skip_passes_over_links_without_calling_them() -> None:
+    primary, fallback = FixedScorer("p:v2", [0.9] * 3), FixedScorer("f:v1", [0.3] * 3)
+    scoring = chain(primary, fallback)
+    result = scoring.score(MATRIX, skip=("primary",))
+    assert (result.path, result.version) == ("fallback", "f:v1")
+    assert primary.calls == 0
+    both: tuple[Path, ...] = ("primary", "fallback")
+    assert scoring.score(MATRIX, skip=both).path == "static"
+    assert (primary.calls, fallback.calls) == (0, 1)
+
+
+def test_missing_links_are_passed_over() -> None:
+    fallback = FixedScorer("f:v1", [0.3] * 3)
+    assert chain(None, fallback).score(MATRIX).path == "fallback"
+    assert chain(None, None).score(MATRIX).path == "static"
+
+
+@pytest.fixture(scope="module")
+def sklearn_chain() -> ScoringChain:
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(400, WIDTH))
+    y = (x[:, 0] + 0.5 * x[:, 1] > 0).astype(int)
+
+    def version(name: str, threshold: float) -> ModelVersion:
+        return ModelVersion(name=name, version="v1", created_ms=0, stage="production",
+                            metrics={}, feature_names=FEATURE_NAMES, threshold=threshold,
+                            reference={})
+
+    # logistic regression refuses NaN; the gradient-boosted fallback handles it natively
+    primary = ModelScorer(version("primary", 0.6), LogisticRegression(max_iter=500).fit(x, y))
+    fallback = ModelScorer(version("fallback", 0.3),
+                           HistGradientBoostingClassifier(max_iter=20).fit(x, y))
+    return ScoringChain(primary=primary, fallback=fallback, static=StaticScorer(0.0),
+                        primary_threshold=primary.threshold,
+                        fallback_threshold=fallback.threshold)
+
+
+def test_fitted_models_score_through_the_chain(sklearn_chain: ScoringChain) -> None:
+    matrix = np.zeros((5, WIDTH))
+    matrix[:, 0] = [-3.0, -1.0, 0.0, 1.0, 3.0]
+    result = sklearn_chain.score(matrix)
+    assert (result.path, result.version, result.threshold) == ("primary", "primary:v1", 0.6)
+    assert result.scores.shape == (5,)
+    assert np.all((result.scores >= 0) & (result.scores <= 1))
+    assert np.all(np.diff(result.scores) > 0)  # monotone in the deciding feature
+
+
+def test_a_model_failure_in_sklearn_falls_back(sklearn_chain: ScoringChain) -> None:
+    matrix = np.zeros((4, WIDTH))
+    matrix[1, 3] = np.nan
+    result = sklearn_chain.score(matrix)
+    assert (result.path, result.version, result.threshold) == ("fallback", "fallback:v1", 0.3)
+    assert result.scores.shape == (4,) and np.all(np.isfinite(result.scores))
+    wrong_width = sklearn_chain.score(np.zeros((2, WIDTH - 1)))
+    assert wrong_width.path == "static"
+    assert wrong_width.scores.tolist() == [0.0, 0.0]
+
+
+def envelopes(n: int, *, age_ms: float = 250.0) -> list[dict[str, Any]]:
+    ingested = int(time.time() * 1000 - age_ms)
+    return [{"event_id": f"e-{i}", "trace_id": f"{i:032x}", "event_time": 1_700_000_000_000 + i,
+             "ingested_at": ingested, "feature_quality": "" if i % 2 == 0 else "imputed:age"}
+            for i in range(n)]
+
+
+def test_prediction_records_describe_the_answer() -> None:
+    result = ScoreResult(np.array([0.1, 0.5, 0.9]), "fallback", "f:v4", 0.5)
+    envs = envelopes(3)
+    before = time.time() * 1000
+    records = predictions(envs, result, ["acct-1", None, "acct-3"])
+    after = time.time() * 1000
+    assert [r["event_id"] for r in records] == ["e-0", "e-1", "e-2"]
+    assert [r["trace_id"] for r in records] == [env["trace_id"] for env in envs]
+    assert [r["account_id"] for r in records] == ["acct-1", None, "acct-3"]
+    assert [r["score"] for r in records] == [0.1, 0.5, 0.9]
+    assert [r["label"] for r in records] == [False, True, True]  # score >= threshold
+    assert {r["threshold"] for r in records} == {0.5}
+    assert {r["path"] for r in records} == {"fallback"}
+    assert {r["model_version"] for r in records} == {"f:v4"}
+    assert [r["event_time"] for r in records] == [env["event_time"] for env in envs]
+    assert [r["feature_quality"] for r in records] == ["ok", "imputed:age", "ok"]
+    assert not any(r["shed"] for r in records)
+    for record, env in zip(records, envs, strict=True):
+        assert before - 1 <= record["predicted_at"] <= after
+        assert record["latency_ms"] >= 250.0
+        assert record["latency_ms"] == pytest.approx(
+            record["predicted_at"] - env["ingested_at"], abs=1.0)
+
+
+def test_static_predictions_are_never_flagged_at_threshold_one() -> None:
+    result = chain(FailingScorer("p"), FailingScorer("f"), static=0.0).score(np.zeros((2, 3)))
+    records = predictions(envelopes(2), result, ["a", "b"])
+    assert [(r["path"], r["model_version"], r["label"]) for r in records] == [
+        ("static", "static", False)] * 2
+
+
+def test_every_prediction_fits_the_schema(sklearn_chain: ScoringChain) -> None:
+    codec = Codec()
+    matrix = np.random.default_rng(1).normal(size=(6, WIDTH))
+    for skip in ((), ("primary",), ("primary", "fallback")):
+        result = sklearn_chain.score(matrix, skip=skip)
+        records = predictions(envelopes(6), result, [f"acct-{i}" for i in range(6)])
+        for record in records:
+            assert codec.decode(codec.encode(PREDICTION, record)) == record
+
+
+def test_predictions_need_one_account_per_envelope() -> None:
+    result = ScoreResult(np.array([0.1, 0.2]), "primary", "p:v1", 0.5)
+    with pytest.raises(ValueError):
+        predictions(envelopes(2), result, ["only-one"])
