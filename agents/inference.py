@@ -62,6 +62,8 @@ def build(settings: Settings) -> StageRuntime:
                             headers=[("traceparent", env["traceparent"].encode())])
                    for record, env in zip(records, envelopes, strict=True)]
             runtime.metrics.extra["path"] = result.path
+            runtime.metrics.count(f"predictions.{result.path}", len(records))
+            runtime.metrics.count("predictions.flagged", sum(r["label"] for r in records))
             runtime.metrics.record_batch(records_in=len(envelopes), records_out=len(records),
                                          latencies_ms=[r["latency_ms"] for r in records])
         return out + runtime.dead_letters(dead)

@@ -10,6 +10,7 @@ Example::
 from __future__ import annotations
 
 import os
+import random
 import socket
 import time
 from collections import Counter
@@ -48,7 +49,10 @@ class StageMetrics:
         self.dead_lettered = 0
         self.errors = 0
         self.by_code: Counter[str] = Counter()
+        self.counters: Counter[str] = Counter()
+        self._timing = [0.0, 0.0]
         self._latencies: list[float] = []
+        self._sampled = 0
 
     def record_batch(self, *, records_in: int, records_out: int,
                      latencies_ms: Iterable[float] = ()) -> None:
@@ -56,15 +60,33 @@ class StageMetrics:
         self.records_out += records_out
         self.totals["in"] += records_in
         self.totals["out"] += records_out
-        room = _LATENCY_SAMPLES - len(self._latencies)
-        if room > 0:
-            self._latencies.extend(list(latencies_ms)[:room])
+        # Reservoir sampling: a uniform sample of the whole interval, in bounded memory.
+        sample, randrange = self._latencies, random.randrange
+        for value in latencies_ms:
+            self._sampled += 1
+            if len(sample) < _LATENCY_SAMPLES:
+                sample.append(value)
+            else:
+                slot = randrange(self._sampled)
+                if slot < _LATENCY_SAMPLES:
+                    sample[slot] = value
 
     def record_dead_letters(self, codes: Iterable[str]) -> None:
         for code in codes:
             self.dead_lettered += 1
             self.by_code[code] += 1
             self.totals["dead_lettered"] += 1
+
+    def record_timing(self, messages: int, handle_s: float, deliver_s: float) -> None:
+        """One micro-batch: how many messages, time in the handler, time awaiting acks."""
+        self.counters["batches"] += 1
+        self.counters["batch_messages"] += messages
+        self._timing[0] += handle_s
+        self._timing[1] += deliver_s
+
+    def count(self, name: str, n: int = 1) -> None:
+        """An interval counter of the stage's own, sent in the health event's ``extra``."""
+        self.counters[name] += n
 
     def record_error(self) -> None:
         self.errors += 1
@@ -77,6 +99,10 @@ class StageMetrics:
             np.percentile(self._latencies, [50, 95, 99]).tolist() if self._latencies
             else [0.0, 0.0, 0.0]
         )
+        batches = self.counters["batches"]
+        if batches:
+            self.extra["handle_ms_per_batch"] = f"{1000 * self._timing[0] / batches:.1f}"
+            self.extra["deliver_ms_per_batch"] = f"{1000 * self._timing[1] / batches:.1f}"
         event: dict[str, object] = {
             "stage": self.stage, "instance": self.instance, "time": int(time.time() * 1000),
             "interval_seconds": round(now - self._since, 3),
@@ -86,7 +112,7 @@ class StageMetrics:
             "latency_p99_ms": float(p99), "lag": lag, "mode": self.mode,
             "breakers": dict(self.breakers), "paused": self.paused,
             "pause_reason": self.pause_reason, "model_version": self.model_version,
-            "extra": dict(self.extra),
+            "extra": {**self.extra, **{k: str(v) for k, v in self.counters.items()}},
         }
         self._reset(now)
         return event

@@ -27,8 +27,10 @@ import faust
 
 from tidegate.app import create_app
 from tidegate.batches import envelope_source, unpack
+from tidegate.cluster import client_config
 from tidegate.codec import Codec
 from tidegate.deadletter import DeadLetter, SourceRecord
+from tidegate.delivery import Outbox
 from tidegate.errors import CodecError
 from tidegate.health import StageMetrics
 from tidegate.settings import Settings
@@ -82,6 +84,7 @@ class StageRuntime:
         self._health_encode = self.codec.encoder("tidegate.HealthEvent",
                                                  topic=self.name(by_key("health")))
         self._positions: dict[tuple[str, int], int] = {}
+        self._outbox: Outbox | None = None
         self.app.timer(settings.health_interval)(self._emit_health)
 
     def name(self, spec: TopicSpec) -> str:
@@ -114,8 +117,12 @@ class StageRuntime:
         async def agent(stream: Any) -> None:
             size, within = self.settings.batch_size, self.settings.batch_within
             async for events in stream.take_events(size, within=within):
+                began = time.perf_counter()
                 outgoing = await self._handle(handler, events)
+                handled = time.perf_counter()
                 await self.deliver(outgoing)
+                self.metrics.record_timing(len(events), handled - began,
+                                           time.perf_counter() - handled)
                 for event in events:
                     message = event.message
                     self._positions[(message.topic, message.partition)] = message.offset
@@ -172,16 +179,19 @@ class StageRuntime:
                 await asyncio.sleep(delay * random.uniform(0.5, 1.5))
                 delay = min(delay * 2, 5.0)
 
+    @property
+    def outbox(self) -> Outbox:
+        """The stage's librdkafka producer, created on first use."""
+        if self._outbox is None:
+            self._outbox = Outbox(client_config(self.settings))
+        return self._outbox
+
     async def _send_all(self, outgoing: Sequence[Outgoing]) -> None:
-        if not outgoing:
-            return
-        producer = await self.app.maybe_start_producer()
-        pending = [
-            await producer.send(item.topic, item.key, item.value, item.partition, None,
-                                list(item.headers) if item.headers else None)
+        await self.outbox.send_all([
+            (item.topic, item.key, item.value, item.partition,
+             list(item.headers) if item.headers else None)
             for item in outgoing
-        ]
-        await asyncio.gather(*pending)
+        ])
 
     def lag(self) -> int:
         """Records waiting on the assigned input partitions (high watermark minus position)."""

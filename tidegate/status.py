@@ -43,6 +43,14 @@ class StatusBoard:
         for name in _TOTALS:
             totals[name] += int(event.get(name, 0))
         self._codes.setdefault(stage, Counter()).update(event.get("dead_letters_by_code", {}))
+        for name, value in event.get("extra", {}).items():
+            if name.startswith("predictions.") and str(value).isdigit():
+                kind = name.removeprefix("predictions.")
+                if kind == "flagged":
+                    self.flagged += int(value)
+                else:
+                    self.paths[kind] += int(value)
+                    self.predicted += int(value)
 
     def on_predictions(self, records: Iterable[Mapping[str, Any]]) -> None:
         for record in records:

@@ -6,6 +6,7 @@ import sys
 
 import click
 
+from tidegate.cli.bench import bench
 from tidegate.cli.broker import broker
 from tidegate.cli.data import produce, tail
 from tidegate.cli.dlq import dlq
@@ -30,7 +31,7 @@ def cli() -> None:
 cli.add_command(broker)
 cli.add_command(topics)
 cli.add_command(stage)
-for _command in (init, up, status, produce, tail, dlq, model):
+for _command in (init, up, status, produce, tail, dlq, model, bench):
     cli.add_command(_command)
 
 

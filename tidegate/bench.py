@@ -1,0 +1,304 @@
+"""The benchmark: the broker's ceiling, a raw Python passthrough, and the five-stage pipeline.
+
+All three run in one go on the same broker with the same record size, so the ratios mean
+something: pipeline/raw says what tidegate costs over the cheapest Python hop, pipeline/ceiling
+what it costs over Kafka itself.
+
+Example::
+
+    report = run_bench(settings, events=100_000, half_rate_seconds=20)
+    print(render(report))
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from confluent_kafka import Consumer, Producer
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from tidegate.admin import ensure_topics
+from tidegate.broker.embedded import start_broker, stop_broker
+from tidegate.broker.jars import classpath, require_tool
+from tidegate.codec import Codec
+from tidegate.example.stream import example_messages
+from tidegate.settings import Settings
+from tidegate.supervisor import Supervisor
+from tidegate.topics import CATALOG
+
+__all__ = ["render", "run_bench"]
+
+STAGES = ("ingest", "validation", "feature", "inference", "monitoring")
+
+
+@contextmanager
+def _cluster(settings: Settings) -> Iterator[str]:
+    """The configured cluster, or a fresh embedded broker that lives as long as the bench."""
+    if settings.kafka_bootstrap_servers:
+        yield settings.kafka_bootstrap_servers
+        return
+    with tempfile.TemporaryDirectory(prefix="tidegate-bench-") as tmp:
+        scratch = settings.model_copy(update={"data_dir": Path(tmp)})
+        state = start_broker(scratch, die_with_parent=True)
+        try:
+            yield state.bootstrap
+        finally:
+            stop_broker(scratch)
+
+
+def _kafka_tool(settings: Settings, tool: str, args: list[str]) -> str:
+    java = require_tool("java")
+    command = [java, "-Xmx512m", "-cp", classpath(settings.cache_dir, settings.kafka_version),
+               f"org.apache.kafka.tools.{tool}", *args]
+    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
+    if result.returncode != 0:
+        raise RuntimeError(f"{tool} failed: {result.stderr.strip()[-500:]}")
+    return result.stdout
+
+
+def _create(bootstrap: str, *names: str, partitions: int = 6) -> None:
+    admin = AdminClient({"bootstrap.servers": bootstrap})
+    for future in admin.create_topics([NewTopic(n, num_partitions=partitions,
+                                                replication_factor=1) for n in names]).values():
+        future.result()
+
+
+def broker_ceiling(settings: Settings, bootstrap: str, *, records: int,
+                   size: int) -> dict[str, float]:
+    """Kafka's own producer and consumer performance tools on a 6-partition topic."""
+    topic = f"bench.ceiling.{int(time.time())}"
+    _create(bootstrap, topic)
+    out = _kafka_tool(settings, "ProducerPerformance", [
+        "--topic", topic, "--num-records", str(records), "--record-size", str(size),
+        "--throughput", "-1", "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all",
+        "linger.ms=5"])
+    line = [ln for ln in out.splitlines() if "records sent" in ln][-1]
+    produced = float(re.search(r"([\d.]+) records/sec", line).group(1))  # type: ignore[union-attr]
+    out = _kafka_tool(settings, "ConsumerPerformance", [
+        "--bootstrap-server", bootstrap, "--topic", topic, "--messages", str(records)])
+    row = out.strip().splitlines()[-1].split(",")
+    consumed = float(row[5])  # header: start, end, MB, MB/sec, messages, messages/sec, ...
+    return {"produce_per_s": produced, "consume_per_s": consumed}
+
+
+def raw_passthrough(bootstrap: str, values: list[bytes]) -> dict[str, float]:
+    """The cheapest Python hop: consume a batch with confluent-kafka, produce it, repeat."""
+    stamp = int(time.time())
+    source, sink = f"bench.raw.in.{stamp}", f"bench.raw.out.{stamp}"
+    _create(bootstrap, source, sink)
+    _fill(bootstrap, source, values)
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-raw-{stamp}",
+                         "auto.offset.reset": "earliest", "enable.auto.commit": False})
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    consumer.subscribe([source])
+    moved, began = 0, 0.0
+    while moved < len(values):
+        batch = consumer.consume(num_messages=1000, timeout=1.0)
+        if batch and not began:
+            began = time.monotonic()
+        for message in batch:
+            if message.error() is None:
+                _produce(producer, sink, message.value() or b"")
+                moved += 1
+        producer.flush()
+        consumer.commit(asynchronous=False)
+    took = time.monotonic() - began
+    consumer.close()
+    return {"events_per_s": len(values) / took}
+
+
+def _produce(producer: Producer, topic: str, value: bytes, key: bytes | None = None) -> None:
+    while True:
+        try:
+            producer.produce(topic, value=value, key=key)
+            return
+        except BufferError:
+            producer.poll(0.05)
+
+
+def _fill(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None] | None = None,
+          rate: float = 0.0) -> float:
+    producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
+    began = time.monotonic()
+    for index, value in enumerate(values):
+        if rate:
+            ahead = index / rate - (time.monotonic() - began)
+            if ahead > 0:
+                time.sleep(ahead)
+        _produce(producer, topic, value, keys[index] if keys else None)
+        producer.poll(0)
+    producer.flush()
+    return time.monotonic() - began
+
+
+class _PredictionWatcher(threading.Thread):
+    """Follows the predictions topic and keeps each prediction's arrival and event time."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        super().__init__(daemon=True, name="predictions")
+        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{topic}",
+                                  "auto.offset.reset": "latest", "enable.auto.commit": False})
+        self.consumer.subscribe([topic])
+        self.codec = Codec()
+        self.seen: list[tuple[float, int]] = []  # (arrival s, event time ms)
+        self.stopping = threading.Event()
+        self.assigned = threading.Event()
+
+    def run(self) -> None:
+        while not self.stopping.is_set():
+            for message in self.consumer.consume(num_messages=1000, timeout=0.2):
+                if message.error() is None:
+                    record = self.codec.decode(message.value() or b"")
+                    self.seen.append((time.time(), record["event_time"]))
+            if self.consumer.assignment():
+                self.assigned.set()
+        self.consumer.close()
+
+    def wait_for(self, count: int, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while len(self.seen) < count and time.monotonic() < deadline:
+            time.sleep(0.2)
+        return len(self.seen) >= count
+
+
+def _usage(pids: dict[str, int | None]) -> dict[str, dict[str, float]]:
+    """CPU seconds and peak RSS (MB) of each stage process."""
+    ticks = 100.0
+    usage = {}
+    for stage, pid in pids.items():
+        if pid is None:
+            continue
+        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        status = Path(f"/proc/{pid}/status").read_text()
+        peak = re.search(r"VmHWM:\s+(\d+) kB", status)
+        usage[stage] = {"cpu_s": (int(stat[11]) + int(stat[12])) / ticks,
+                        "peak_rss_mb": int(peak.group(1)) / 1024 if peak else 0.0}
+    return usage
+
+
+def _pipeline(settings: Settings, bootstrap: str, *, events: int,
+              half_rate_seconds: float) -> dict[str, Any]:
+    prefix = f"bench{int(time.time())}."
+    env_settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap,
+                                               "topic_prefix": prefix})
+    ensure_topics({"bootstrap.servers": bootstrap}, CATALOG, prefix=prefix, replication=1)
+    from tidegate.cli.up import _ensure_model
+
+    _ensure_model(env_settings)
+    import os
+
+    env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TIDEGATE_TOPIC_PREFIX": prefix,
+           "TIDEGATE_DATA_DIR": str(settings.data_dir.resolve()), "TIDEGATE_LOG_LEVEL": "WARNING"}
+    supervisor = Supervisor({s: [sys.executable, "-m", "tidegate.cli.main", "stage", "run", s]
+                             for s in STAGES}, log_dir=settings.data_dir.resolve() / "bench-logs",
+                            env=env)
+    watcher = _PredictionWatcher(bootstrap, prefix + "predictions")
+    watcher.start()
+    supervisor.start()
+    try:
+        # Warm-up: the stages join their groups and load the models.
+        warm = list(example_messages(2000, seed=1, events_per_second=1e6))
+        _fill(bootstrap, prefix + "events", [m.value for m in warm], [m.key for m in warm])
+        if not watcher.wait_for(len(warm), timeout=120):
+            raise RuntimeError(f"pipeline did not start: {len(watcher.seen)} of {len(warm)}")
+        before = _usage(supervisor.pids())
+        load = list(example_messages(events, seed=2, events_per_second=1e6))
+        watcher.seen.clear()
+        began = time.time()
+        _fill(bootstrap, prefix + "events", [m.value for m in load], [m.key for m in load])
+        complete = watcher.wait_for(len(load), timeout=600)
+        finished = max(t for t, _ in watcher.seen) if watcher.seen else time.time()
+        max_rate = len(watcher.seen) / (finished - began)
+        after = _usage(supervisor.pids())
+        half = max(100.0, max_rate / 2)
+        count = int(half * half_rate_seconds)
+        steady = list(example_messages(count, seed=3, events_per_second=half))
+        # Event times start now and advance at the send rate: latency is event time to prediction.
+        watcher.seen.clear()
+        start_ms = int(time.time() * 1000)
+        shifted = _restamp(steady, start_ms)
+        _fill(bootstrap, prefix + "events", shifted, [m.key for m in steady], rate=half)
+        watcher.wait_for(count, timeout=120)
+        latencies = np.array([arrival * 1000 - event_ms for arrival, event_ms in watcher.seen])
+        usage = _usage(supervisor.pids())
+    finally:
+        watcher.stopping.set()
+        supervisor.stop()
+    return {
+        "max_rate": {"events": len(load), "complete": complete, "events_per_s": max_rate,
+                     "cpu_s": {s: after[s]["cpu_s"] - before[s]["cpu_s"] for s in after}},
+        "half_rate": {"events_per_s": half, "events": count,
+                      "p50_ms": float(np.percentile(latencies, 50)),
+                      "p95_ms": float(np.percentile(latencies, 95)),
+                      "p99_ms": float(np.percentile(latencies, 99))},
+        "peak_rss_mb": {s: usage[s]["peak_rss_mb"] for s in usage},
+    }
+
+
+def _restamp(messages: list[Any], start_ms: int) -> list[bytes]:
+    """Avro values re-encoded with event times from ``start_ms`` at the messages' own spacing."""
+    codec = Codec()
+    encode = codec.encoder("tidegate.example.CardTransaction")
+    decoded = [codec.decode_any(m.value)[1] for m in messages]
+    first = decoded[0]["event_time"]
+    for record in decoded:
+        record["event_time"] = start_ms + (record["event_time"] - first)
+    return [encode(record) for record in decoded]
+
+
+def run_bench(settings: Settings, *, events: int = 100_000,
+              half_rate_seconds: float = 20.0) -> dict[str, Any]:
+    """Every measurement, as plain data (see ``render``)."""
+    sample = [m.value for m in example_messages(events, seed=2, events_per_second=1e6)]
+    size = int(np.mean([len(v) for v in sample]))
+    with _cluster(settings) as bootstrap:
+        ceiling = broker_ceiling(settings, bootstrap, records=events, size=size)
+        raw = raw_passthrough(bootstrap, sample)
+        pipeline = _pipeline(settings, bootstrap, events=events,
+                             half_rate_seconds=half_rate_seconds)
+    rate = pipeline["max_rate"]["events_per_s"]
+    return {
+        "machine": {"cpus": _cpus(), "python": sys.version.split()[0]},
+        "record_bytes": size, "ceiling": ceiling, "raw": raw, "pipeline": pipeline,
+        "ratios": {"pipeline_over_raw": rate / raw["events_per_s"],
+                   "pipeline_over_ceiling": rate / min(ceiling.values())},
+    }
+
+
+def _cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def render(report: dict[str, Any]) -> str:
+    """A human-readable summary of ``run_bench``'s report."""
+    p = report["pipeline"]
+    lines = [
+        f"machine: {report['machine']['cpus']} cpus, Python {report['machine']['python']}; "
+        f"record size {report['record_bytes']} bytes",
+        f"broker ceiling:   produce {report['ceiling']['produce_per_s']:>10,.0f} events/s, "
+        f"consume {report['ceiling']['consume_per_s']:>10,.0f} events/s",
+        f"raw passthrough:  {report['raw']['events_per_s']:>10,.0f} events/s (one Python hop)",
+        f"pipeline maximum: {p['max_rate']['events_per_s']:>10,.0f} events/s "
+        f"({p['max_rate']['events']} events, five stages)",
+        f"pipeline at half: {p['half_rate']['events_per_s']:>10,.0f} events/s: latency p50 "
+        f"{p['half_rate']['p50_ms']:.0f} ms, p95 {p['half_rate']['p95_ms']:.0f} ms, "
+        f"p99 {p['half_rate']['p99_ms']:.0f} ms (event time to prediction)",
+        f"ratios: pipeline/raw {report['ratios']['pipeline_over_raw']:.2f}, "
+        f"pipeline/ceiling {report['ratios']['pipeline_over_ceiling']:.3f}",
+        "per stage (max-rate run): " + ", ".join(
+            f"{s} {c:.1f} cpu-s" for s, c in p["max_rate"]["cpu_s"].items()),
+        "peak RSS: " + ", ".join(f"{s} {m:.0f} MB" for s, m in p["peak_rss_mb"].items()),
+    ]
+    return "\n".join(lines)

@@ -1,0 +1,33 @@
+"""``tidegate bench``: the broker's ceiling, a raw passthrough and the pipeline, in one run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from tidegate.settings import load_settings
+
+__all__ = ["bench"]
+
+
+@click.command()
+@click.option("--events", type=click.IntRange(min=5000), default=100_000, show_default=True,
+              help="Events for the ceiling, the raw passthrough and the max-rate run.")
+@click.option("--half-rate-seconds", type=click.FloatRange(min=5), default=20.0,
+              show_default=True, help="How long the half-rate (latency) run lasts.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
+              help="Also write the full report as JSON here.")
+def bench(events: int, half_rate_seconds: float, json_path: Path | None) -> None:
+    """Measure events/s, latency percentiles, CPU and memory per stage.
+
+    Uses KAFKA_BOOTSTRAP_SERVERS if set, else a fresh embedded broker for the run.
+    """
+    from tidegate.bench import render, run_bench
+
+    report = run_bench(load_settings(), events=events, half_rate_seconds=half_rate_seconds)
+    click.echo(render(report))
+    if json_path is not None:
+        json_path.write_text(json.dumps(report, indent=2))
+        click.echo(f"report written to {json_path}")
