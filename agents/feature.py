@@ -58,9 +58,10 @@ def build(settings: Settings) -> StageRuntime:
         features, updated = compute_features(records, states, now_ms=int(time.time() * 1000))
         for account, state in updated.items():
             accounts[account] = state
-        for (_, envelope), row, quality in zip(envelopes, features.matrix.tolist(),
-                                               features.quality, strict=True):
-            envelope["features"] = row
+        matrix = features.matrix.astype("<f8", copy=False)
+        for index, ((_, envelope), quality) in enumerate(zip(envelopes, features.quality,
+                                                             strict=True)):
+            envelope["feature_vector"] = matrix[index].tobytes()
             envelope["feature_quality"] = quality
         runtime.metrics.record_batch(records_in=len(envelopes), records_out=len(envelopes),
                                      latencies_ms=ages_ms(env for _, env in envelopes))

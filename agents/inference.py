@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,6 +29,7 @@ def build(settings: Settings) -> StageRuntime:
     chain = ScoringChain.from_registry(ModelRegistry(settings.registry_dir))
     encode = runtime.codec.encoder("tidegate.Prediction", topic=sink_name)
     width = len(FEATURE_NAMES)
+    size = 8 * width  # bytes of one float64 feature vector
     runtime.metrics.model_version = chain.primary.version if chain.primary else None
 
     async def score_features(events: Sequence[Any]) -> list[Outgoing]:
@@ -43,19 +43,21 @@ def build(settings: Settings) -> StageRuntime:
                                           error_class=type(exc).__name__, message=str(exc)))
                 continue
             for envelope in batch:
-                if len(envelope["features"]) == width:
+                if len(envelope["feature_vector"]) == size:
                     envelopes.append(envelope)
                 else:
+                    got = len(envelope["feature_vector"]) // 8
                     dead.append(DeadLetter.of(
                         envelope_source(envelope), stage=STAGE, code="FEATURE_SHAPE",
                         error_class="FeatureShapeError",
-                        message=f"{len(envelope['features'])} features, the model needs {width}",
+                        message=f"{got} features, the model needs {width}",
                         event_id=envelope["event_id"], trace_id=envelope["trace_id"]))
         out: list[Outgoing] = []
         if envelopes:
-            matrix = np.array([env["features"] for env in envelopes], dtype=np.float64)
+            joined = b"".join(env["feature_vector"] for env in envelopes)
+            matrix = np.frombuffer(joined, dtype="<f8").reshape(len(envelopes), width)
             result = chain.score(matrix)
-            accounts = [json.loads(env["fields"]).get("account_id") for env in envelopes]
+            accounts = [env["account_id"] or None for env in envelopes]
             records = predictions(envelopes, result, accounts)
             out = [Outgoing(topic=sink_name, key=record["event_id"].encode(),
                             value=encode(record),

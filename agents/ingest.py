@@ -37,5 +37,8 @@ def build(settings: Settings) -> StageRuntime:
         )
         return out + runtime.dead_letters(dead)
 
-    runtime.run_batches(ingest_events, name="ingest_events")
+    if settings.ingest_reader == "librdkafka":
+        runtime.read_batches(ingest_events, name="ingest_events")
+    else:
+        runtime.run_batches(ingest_events, name="ingest_events")
     return runtime

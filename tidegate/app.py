@@ -69,6 +69,9 @@ def create_app(stage: str, settings: Settings, *, partitions: int = 6) -> faust.
         broker_session_timeout=10.0,
         broker_heartbeat_interval=2.0,
         stream_wait_empty=False,
+        # Bounded buffers: an internal message holds a whole micro-batch (up to 512 KiB).
+        stream_buffer_maxsize=128,
+        consumer_max_fetch_size=1024 * 1024,
         web_enabled=stage == "monitoring",
         web_bind=settings.status_host,
         web_port=settings.status_port,

@@ -44,6 +44,9 @@ def pack(
     """One encoded EventBatch per (partition, chunk) of ``(partition, envelope)`` pairs."""
     groups: defaultdict[int, list[dict[str, Any]]] = defaultdict(list)
     for partition, envelope in envelopes:
+        # Fields added after the first version; bytes defaults must be bytes for the writer.
+        envelope.setdefault("feature_vector", b"")
+        envelope.setdefault("account_id", "")
         groups[partition].append(envelope)
     now = int(time.time() * 1000)
     for partition, events in groups.items():
@@ -58,7 +61,7 @@ def _chunks(events: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     start, size = 0, 0
     for index, event in enumerate(events):
         estimate = (_ENVELOPE_OVERHEAD + len(event["value"]) + len(event["fields"])
-                    + 9 * len(event["features"]))
+                    + len(event.get("feature_vector", b"")))
         if index > start and (size + estimate > _MAX_BYTES or index - start >= _MAX_EVENTS):
             yield events[start:index]
             start, size = index, 0

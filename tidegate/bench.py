@@ -225,8 +225,9 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int,
         steady = list(example_messages(count, seed=3, events_per_second=half))
         # Event times start now and advance at the send rate: latency is event time to prediction.
         watcher.seen.clear()
-        start_ms = int(time.time() * 1000)
-        shifted = _restamp(steady, start_ms)
+        start_ms = int(time.time() * 1000) + 1000  # restamping takes a moment; start after it
+        shifted = _restamp(steady, start_ms, half)
+        time.sleep(max(0.0, start_ms / 1000 - time.time()))
         _fill(bootstrap, prefix + "events", shifted, [m.key for m in steady], rate=half)
         watcher.wait_for(count, timeout=120)
         latencies = np.array([arrival * 1000 - event_ms for arrival, event_ms in watcher.seen])
@@ -245,14 +246,13 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int,
     }
 
 
-def _restamp(messages: list[Any], start_ms: int) -> list[bytes]:
-    """Avro values re-encoded with event times from ``start_ms`` at the messages' own spacing."""
+def _restamp(messages: list[Any], start_ms: int, rate: float) -> list[bytes]:
+    """Avro values whose event times are the times they are due to be sent at ``rate``."""
     codec = Codec()
     encode = codec.encoder("tidegate.example.CardTransaction")
     decoded = [codec.decode_any(m.value)[1] for m in messages]
-    first = decoded[0]["event_time"]
-    for record in decoded:
-        record["event_time"] = start_ms + (record["event_time"] - first)
+    for index, record in enumerate(decoded):
+        record["event_time"] = start_ms + int(index * 1000 / rate)
     return [encode(record) for record in decoded]
 
 

@@ -67,7 +67,7 @@ class Outbox:
 
     def __init__(self, config: ClientConfig) -> None:
         self._producer = Producer({
-            "acks": "all", "enable.idempotence": True, "linger.ms": 5,
+            "acks": "all", "enable.idempotence": True, "linger.ms": 2,
             "compression.type": "lz4", "log_level": 3, **config,
         })
         self._closed = threading.Event()

@@ -137,6 +137,7 @@ def ingest_batch(
             "source_offset": source.offset, "source_timestamp": source.timestamp,
             "key": source.key, "value": source.value,
             "headers": [{"key": k, "value": v} for k, v in source.headers],
-            "fields": encoded, "features": [], "feature_quality": "",
+            "fields": encoded, "features": [], "feature_quality": "", "feature_vector": b"",
+            "account_id": account if isinstance(account, str) else "",
         }))
     return accepted, dead

@@ -50,8 +50,7 @@ def read_topic(
             raise BrokerError(f"topic {topic} does not exist")
         start = OFFSET_BEGINNING if from_beginning else OFFSET_END
         partitions = sorted(info.partitions)
-        ends = {p: consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
-                for p in partitions}
+        ends = {p: _watermarks(consumer, TopicPartition(topic, p)) for p in partitions}
         open_parts = {p for p, (low, high) in ends.items()
                       if follow or (high > low and from_beginning)}
         consumer.assign([TopicPartition(topic, p, start) for p in partitions])
@@ -84,3 +83,19 @@ def read_topic(
                 open_parts.discard(partition)
     finally:
         consumer.close()
+
+
+def _watermarks(consumer: Consumer, tp: TopicPartition, *,
+                timeout: float = 15.0) -> tuple[int, int]:
+    """Low and high watermark; a new topic's leader may take a moment to be known."""
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(tp, timeout=5)
+            return int(low), int(high)
+        except KafkaException as exc:
+            # librdkafka does not flag NOT_LEADER_FOR_PARTITION as retriable, though a topic
+            # created a moment ago answers with it until its leader is elected: retry any error
+            if time.monotonic() > deadline:
+                raise BrokerError(f"reading {tp.topic}: {exc.args[0].str()}") from exc
+            time.sleep(0.2)

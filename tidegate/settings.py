@@ -27,6 +27,7 @@ __all__ = ["ClientConfig", "LogFormat", "Settings", "load_settings", "security_c
 
 ClientConfig = dict[str, str | int | float | bool]
 LogFormat = Literal["text", "json"]
+IngestReader = Literal["librdkafka", "faust"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 _SECURITY_PREFIXES = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_", "KAFKA_SSL_")
@@ -72,6 +73,7 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = None
     log_format: LogFormat = "text"
     log_level: LogLevel = "INFO"
+    ingest_reader: IngestReader = "librdkafka"
     batch_size: int = Field(default=512, ge=1, le=100_000)
     batch_within: float = Field(default=0.05, gt=0, le=10)
     health_interval: float = Field(default=2.0, gt=0, le=60)

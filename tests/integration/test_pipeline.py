@@ -41,7 +41,10 @@ def _expectations(sent: list[ExampleMessage]) -> Expected:
     return predicted, dead
 
 
-def test_every_event_ends_in_exactly_one_place(pipeline_settings: Settings) -> None:
+@pytest.mark.parametrize("reader", ["librdkafka", "faust"])
+def test_every_event_ends_in_exactly_one_place(pipeline_settings: Settings, reader: str,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TIDEGATE_INGEST_READER", reader)
     messages = list(example_messages(EVENTS, seed=11, bad_rate=0.05,
                                      events_per_second=20_000))
     kinds = {m.expected.name for m in messages if m.expected is not None}
@@ -63,7 +66,8 @@ def test_every_event_ends_in_exactly_one_place(pipeline_settings: Settings) -> N
     assert outputs.predictions == predicted, "a good event was predicted more than once"
     assert outputs.dead == dead, _dead_diff(outputs.dead, dead)
     lat = np.percentile(outputs.latencies_ms, [50, 99])
-    print(f"\npipeline: {len(sent)} events ({sum(dead.values())} bad, {len(kinds)} kinds) "
+    print(f"\npipeline ({reader} ingest reader): {len(sent)} events "
+          f"({sum(dead.values())} bad, {len(kinds)} kinds) "
           f"accounted for in {took:.1f} s (stages ready after {ready:.1f} s) = "
           f"{len(sent) / took:.0f} events/s end to end; "
           f"ingest-to-prediction latency p50 {lat[0]:.0f} ms, p99 {lat[1]:.0f} ms")

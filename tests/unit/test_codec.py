@@ -51,6 +51,8 @@ ENVELOPE: dict[str, Any] = {
     "fields": b'{"amount": "12.50"}',
     "features": [1.5, 0.0, -3.25],
     "feature_quality": "ok",
+    "feature_vector": struct.pack("<3d", 1.5, 0.0, -3.25),
+    "account_id": "acct-1",
 }
 
 SAMPLES: dict[str, dict[str, Any]] = {
