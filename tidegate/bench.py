@@ -186,8 +186,19 @@ def _usage(pids: dict[str, int | None]) -> dict[str, dict[str, float]]:
     return usage
 
 
+def _stage_commands(workers: int) -> dict[str, list[str]]:
+    """One process per stage, or ``workers`` per data stage (monitoring serves HTTP: one)."""
+    commands = {}
+    for stage in STAGES:
+        count = 1 if stage == "monitoring" else workers
+        for index in range(count):
+            name = stage if count == 1 else f"{stage}.{index + 1}"
+            commands[name] = [sys.executable, "-m", "tidegate.cli.main", "stage", "run", stage]
+    return commands
+
+
 def _pipeline(settings: Settings, bootstrap: str, *, events: int,
-              half_rate_seconds: float) -> dict[str, Any]:
+              half_rate_seconds: float, workers: int = 1) -> dict[str, Any]:
     prefix = f"bench{int(time.time())}."
     env_settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap,
                                                "topic_prefix": prefix})
@@ -199,9 +210,8 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int,
 
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TIDEGATE_TOPIC_PREFIX": prefix,
            "TIDEGATE_DATA_DIR": str(settings.data_dir.resolve()), "TIDEGATE_LOG_LEVEL": "WARNING"}
-    supervisor = Supervisor({s: [sys.executable, "-m", "tidegate.cli.main", "stage", "run", s]
-                             for s in STAGES}, log_dir=settings.data_dir.resolve() / "bench-logs",
-                            env=env)
+    supervisor = Supervisor(_stage_commands(workers),
+                            log_dir=settings.data_dir.resolve() / "bench-logs", env=env)
     watcher = _PredictionWatcher(bootstrap, prefix + "predictions")
     watcher.start()
     supervisor.start()
@@ -236,14 +246,24 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int,
         watcher.stopping.set()
         supervisor.stop()
     return {
+        "workers_per_stage": workers,
         "max_rate": {"events": len(load), "complete": complete, "events_per_s": max_rate,
-                     "cpu_s": {s: after[s]["cpu_s"] - before[s]["cpu_s"] for s in after}},
+                     "cpu_s": _per_stage({s: after[s]["cpu_s"] - before[s]["cpu_s"]
+                                          for s in after}, sum)},
         "half_rate": {"events_per_s": half, "events": count,
                       "p50_ms": float(np.percentile(latencies, 50)),
                       "p95_ms": float(np.percentile(latencies, 95)),
                       "p99_ms": float(np.percentile(latencies, 99))},
-        "peak_rss_mb": {s: usage[s]["peak_rss_mb"] for s in usage},
+        "peak_rss_mb": _per_stage({s: usage[s]["peak_rss_mb"] for s in usage}, max),
     }
+
+
+def _per_stage(values: dict[str, float], combine: Any) -> dict[str, float]:
+    """Values per process folded into one per stage (``ingest.1``, ``ingest.2`` -> ``ingest``)."""
+    grouped: dict[str, list[float]] = {}
+    for name, value in values.items():
+        grouped.setdefault(name.split(".")[0], []).append(value)
+    return {stage: float(combine(items)) for stage, items in grouped.items()}
 
 
 def _restamp(messages: list[Any], start_ms: int, rate: float) -> list[bytes]:
@@ -256,8 +276,8 @@ def _restamp(messages: list[Any], start_ms: int, rate: float) -> list[bytes]:
     return [encode(record) for record in decoded]
 
 
-def run_bench(settings: Settings, *, events: int = 100_000,
-              half_rate_seconds: float = 20.0) -> dict[str, Any]:
+def run_bench(settings: Settings, *, events: int = 100_000, half_rate_seconds: float = 20.0,
+              workers: int = 1) -> dict[str, Any]:
     """Every measurement, as plain data (see ``render``)."""
     sample = [m.value for m in example_messages(events, seed=2, events_per_second=1e6)]
     size = int(np.mean([len(v) for v in sample]))
@@ -265,7 +285,7 @@ def run_bench(settings: Settings, *, events: int = 100_000,
         ceiling = broker_ceiling(settings, bootstrap, records=events, size=size)
         raw = raw_passthrough(bootstrap, sample)
         pipeline = _pipeline(settings, bootstrap, events=events,
-                             half_rate_seconds=half_rate_seconds)
+                             half_rate_seconds=half_rate_seconds, workers=workers)
     rate = pipeline["max_rate"]["events_per_s"]
     return {
         "machine": {"cpus": _cpus(), "python": sys.version.split()[0]},
@@ -291,7 +311,8 @@ def render(report: dict[str, Any]) -> str:
         f"consume {report['ceiling']['consume_per_s']:>10,.0f} events/s",
         f"raw passthrough:  {report['raw']['events_per_s']:>10,.0f} events/s (one Python hop)",
         f"pipeline maximum: {p['max_rate']['events_per_s']:>10,.0f} events/s "
-        f"({p['max_rate']['events']} events, five stages)",
+        f"({p['max_rate']['events']} events, five stages, "
+        f"{p['workers_per_stage']} process(es) per data stage)",
         f"pipeline at half: {p['half_rate']['events_per_s']:>10,.0f} events/s: latency p50 "
         f"{p['half_rate']['p50_ms']:.0f} ms, p95 {p['half_rate']['p95_ms']:.0f} ms, "
         f"p99 {p['half_rate']['p99_ms']:.0f} ms (event time to prediction)",
