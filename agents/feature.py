@@ -29,6 +29,7 @@ def build(settings: Settings) -> StageRuntime:
     worker holds the state of exactly the accounts whose events it reads.
     """
     runtime = StageRuntime(STAGE, settings)
+    steering = runtime.follow_control()
     assert runtime.topics.sink is not None
     sink_name = runtime.name(runtime.topics.sink)
     accounts = runtime.app.Table(
@@ -50,14 +51,20 @@ def build(settings: Settings) -> StageRuntime:
                 continue
             envelopes.extend((event.message.partition, env) for env in batch)
         records = [json.loads(env["fields"]) for _, env in envelopes]
+        degraded = steering.mode.degraded_to == "imputed"
         states: dict[str, AccountState | None] = {}
-        for record in records:
-            account = record["account_id"]
-            if account not in states:
-                states[account] = _stored(accounts, account)
+        if not degraded:  # degraded: no state store calls at all, imputed values instead
+            for record in records:
+                account = record["account_id"]
+                if account not in states:
+                    states[account] = _stored(accounts, account)
         features, updated = compute_features(records, states, now_ms=int(time.time() * 1000))
-        for account, state in updated.items():
-            accounts[account] = state
+        if degraded:
+            features.quality[:] = [f"{q},degraded" if q != "ok" else "degraded"
+                                   for q in features.quality]
+        else:
+            for account, state in updated.items():
+                accounts[account] = state
         matrix = features.matrix.astype("<f8", copy=False)
         for index, ((_, envelope), quality) in enumerate(zip(envelopes, features.quality,
                                                              strict=True)):

@@ -11,7 +11,7 @@ from tidegate.batches import envelope_source, unpack
 from tidegate.deadletter import DeadLetter
 from tidegate.errors import CodecError
 from tidegate.features import FEATURE_NAMES
-from tidegate.inference import ScoringChain, predictions
+from tidegate.inference import Path, ScoringChain, predictions
 from tidegate.registry import ModelRegistry
 from tidegate.settings import Settings
 from tidegate.stage import Outgoing, StageRuntime, source_record
@@ -31,6 +31,9 @@ def build(settings: Settings) -> StageRuntime:
     width = len(FEATURE_NAMES)
     size = 8 * width  # bytes of one float64 feature vector
     runtime.metrics.model_version = chain.primary.version if chain.primary else None
+    steering = runtime.follow_control()
+    skips: dict[str | None, tuple[Path, ...]] = {
+        "fallback": ("primary",), "static": ("primary", "fallback")}
 
     async def score_features(events: Sequence[Any]) -> list[Outgoing]:
         envelopes: list[dict[str, Any]] = []
@@ -56,7 +59,7 @@ def build(settings: Settings) -> StageRuntime:
         if envelopes:
             joined = b"".join(env["feature_vector"] for env in envelopes)
             matrix = np.frombuffer(joined, dtype="<f8").reshape(len(envelopes), width)
-            result = chain.score(matrix)
+            result = chain.score(matrix, skip=skips.get(steering.mode.degraded_to, ()))
             accounts = [env["account_id"] or None for env in envelopes]
             records = predictions(envelopes, result, accounts)
             out = [Outgoing(topic=sink_name, key=record["event_id"].encode(),

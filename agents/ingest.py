@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Sequence
 from typing import Any
 
 from tidegate.batches import pack, partition_for
+from tidegate.inference import shed_predictions
 from tidegate.ingestion import STAGE, Dedupe, IngestLimits, ingest_batch
 from tidegate.settings import Settings
 from tidegate.stage import Outgoing, StageRuntime, source_record
+from tidegate.topics import by_key
 
 __all__ = ["build"]
 
@@ -17,7 +20,10 @@ __all__ = ["build"]
 def build(settings: Settings) -> StageRuntime:
     """The ingest stage: consumes the input topic, produces ``ingested`` and ``dlq.ingest``."""
     runtime = StageRuntime(STAGE, settings)
+    steering = runtime.follow_control()
     assert runtime.topics.sink is not None
+    predictions_topic = runtime.name(by_key("predictions"))
+    encode_prediction = runtime.codec.encoder("tidegate.Prediction", topic=predictions_topic)
     sink = runtime.topics.sink
     sink_name = runtime.name(sink)
     dedupe = Dedupe(window_ms=int(settings.dedupe_window_seconds * 1000))
@@ -28,17 +34,41 @@ def build(settings: Settings) -> StageRuntime:
         records = [source_record(event) for event in events]
         accepted, dead = ingest_batch(records, codec=runtime.codec, dedupe=dedupe,
                                       now_ms=now_ms, limits=limits)
+        shed: list[Outgoing] = []
+        if steering.mode.shed_share > 0:
+            accepted, shed_envelopes = _shed(accepted, steering.mode.shed_share)
+            shed = [Outgoing(topic=predictions_topic, key=env["event_id"].encode(),
+                             value=encode_prediction(record),
+                             headers=[("traceparent", env["traceparent"].encode())])
+                    for env, record in zip(shed_envelopes, shed_predictions(shed_envelopes),
+                                           strict=True)]
+            runtime.metrics.count("predictions.shed", len(shed))
         routed = [(partition_for(route, sink.partitions), env) for route, env in accepted]
         out = [Outgoing(topic=sink_name, partition=partition, value=value)
-               for partition, value in pack(runtime.codec, routed, stage=STAGE)]
+               for partition, value in pack(runtime.codec, routed, stage=STAGE)] + shed
         runtime.metrics.record_batch(
             records_in=len(records), records_out=len(accepted),
             latencies_ms=[now_ms - r.timestamp for r in records if r.timestamp],
         )
         return out + runtime.dead_letters(dead)
 
-    if settings.ingest_reader == "librdkafka":
+    if settings.ingest_reader == "librdkafka":  # see tidegate.reader for why
         runtime.read_batches(ingest_events, name="ingest_events")
     else:
         runtime.run_batches(ingest_events, name="ingest_events")
     return runtime
+
+
+Routed = list[tuple[str, dict[str, Any]]]
+
+
+def _shed(accepted: Routed, share: float) -> tuple[Routed, list[dict[str, Any]]]:
+    """Split off a random ``share`` of the accepted events, to be answered as shed."""
+    kept: Routed = []
+    shed: list[dict[str, Any]] = []
+    for route, envelope in accepted:
+        if random.random() < share:
+            shed.append(envelope)
+        else:
+            kept.append((route, envelope))
+    return kept, shed

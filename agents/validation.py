@@ -28,6 +28,7 @@ def shipped_rules(settings: Settings) -> RuleSet:
 def build(settings: Settings) -> StageRuntime:
     """The validation stage: ``ingested`` in, ``validated`` and ``dlq.validation`` out."""
     runtime = StageRuntime(STAGE, settings)
+    runtime.follow_control()
     assert runtime.topics.sink is not None
     sink_name = runtime.name(runtime.topics.sink)
     rules = shipped_rules(settings)

@@ -24,7 +24,7 @@ from tidegate.registry import ModelRegistry
 from tidegate.scoring import ModelScorer, Scorer, StaticScorer
 from tidegate.training import FALLBACK, PRIMARY
 
-__all__ = ["Path", "ScoreResult", "ScoringChain", "predictions"]
+__all__ = ["Path", "ScoreResult", "ScoringChain", "predictions", "shed_predictions"]
 
 log = logging.getLogger("tidegate.inference")
 
@@ -90,3 +90,13 @@ def predictions(envelopes: Sequence[dict[str, Any]], result: ScoreResult,
         }
         for env, account, score in zip(envelopes, accounts, result.scores.tolist(), strict=True)
     ]
+
+
+def shed_predictions(envelopes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Predictions for events shed under load: no model ran, and the record says so."""
+    shed = ScoreResult(np.zeros(len(envelopes)), "shed", "shed", 1.0)
+    records = predictions(envelopes, shed, [env.get("account_id") or None for env in envelopes])
+    for record in records:
+        record["shed"] = True
+        record["feature_quality"] = "shed"
+    return records

@@ -59,6 +59,7 @@ class BatchReader:
         self._consumer.subscribe([topic])
         self.topic = topic
         self._positions: dict[int, int] = {}
+        self._paused = False
 
     async def next_batch(self, size: int, within: float) -> list[ReaderEvent]:
         """Up to ``size`` records, waiting at most ``within`` seconds for the first."""
@@ -90,6 +91,21 @@ class BatchReader:
             self._positions.update(ends)
             self._consumer.commit(offsets=[TopicPartition(self.topic, p, o + 1)
                                            for p, o in ends.items()], asynchronous=True)
+
+    def pause(self) -> None:
+        """Stop fetching from every assigned partition, newly assigned ones included."""
+        assigned = self._consumer.assignment()
+        if assigned:
+            self._consumer.pause(assigned)
+        self._paused = True
+
+    def resume(self) -> None:
+        """Fetch again from every assigned partition; nothing to do unless paused."""
+        if self._paused:
+            assigned = self._consumer.assignment()
+            if assigned:
+                self._consumer.resume(assigned)
+            self._paused = False
 
     def lag(self) -> int:
         """Records waiting on the assigned partitions, from the last fetch's high watermarks."""

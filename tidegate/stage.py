@@ -29,12 +29,14 @@ from tidegate.app import create_app
 from tidegate.batches import envelope_source, unpack
 from tidegate.cluster import client_config
 from tidegate.codec import Codec
+from tidegate.control import StageMode
 from tidegate.deadletter import DeadLetter, SourceRecord
 from tidegate.delivery import Outbox
 from tidegate.errors import CodecError
 from tidegate.health import StageMetrics
 from tidegate.reader import BatchReader
 from tidegate.settings import Settings
+from tidegate.steering import Steering
 from tidegate.topics import STAGES, TopicSpec, by_key
 
 __all__ = ["EXIT_DELIVERY", "Outgoing", "StageRuntime", "source_record"]
@@ -88,6 +90,16 @@ class StageRuntime:
         self._outbox: Outbox | None = None
         self._reader: BatchReader | None = None
         self.app.timer(settings.health_interval)(self._emit_health)
+        self.steering: Steering | None = None
+
+    def follow_control(self) -> Steering:
+        """Obey the control topic: recover the stage's mode now, then follow new commands."""
+        self.steering = Steering(self)
+        return self.steering
+
+    @property
+    def mode(self) -> StageMode:
+        return self.steering.mode if self.steering else StageMode(stage=self.stage)
 
     def name(self, spec: TopicSpec) -> str:
         return spec.name(self.settings.topic_prefix)
@@ -119,6 +131,8 @@ class StageRuntime:
         async def agent(stream: Any) -> None:
             size, within = self.settings.batch_size, self.settings.batch_within
             async for events in stream.take_events(size, within=within):
+                if self.steering:  # paused: hold the batch unacked; buffers are bounded
+                    await self.steering.wait_while_paused()
                 await self._process(handler, events)
                 for event in events:
                     message = event.message
@@ -141,6 +155,10 @@ class StageRuntime:
             size, within = self.settings.batch_size, self.settings.batch_within
             try:
                 while not self.app.should_stop:
+                    if self.steering and self.steering.mode.paused:
+                        reader.pause()  # keeps polling, so the group keeps the member
+                    else:
+                        reader.resume()
                     events = await reader.next_batch(size, within)
                     if not events:
                         continue

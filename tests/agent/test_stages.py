@@ -3,8 +3,9 @@
 Each stage is built with ``tidegate.agents.<name>.build(settings)``; its agent loop
 (``stream.take_events``) runs unchanged. Two seams stand in for Kafka: the runtime's
 ``_send_all`` (the producer call behind ``deliver``) captures outgoing messages, and a table's
-``send_changelog`` records changelog writes. Every wait has an explicit stop condition: the
-number of input events the runtime has handled, with a timeout that fails the test.
+``send_changelog`` records changelog writes; the control topic reads as empty. Every wait has
+an explicit stop condition: the number of input events the runtime has handled, with a timeout
+that fails the test.
 """
 
 from __future__ import annotations
@@ -101,9 +102,13 @@ def drive(stage: str, puts: Sequence[Put], settings: Settings, monkeypatch: pyte
           *, failed_sends: int = 0) -> Run:
     """Build ``stage``, put every message through its agent, return what it sent."""
 
+    # No control topic to recover a mode from: every stage starts in the normal mode.
+    monkeypatch.setattr("tidegate.steering.read_topic", lambda *args, **kwargs: iter(()))
+
     async def main() -> Run:
         runtime = BUILDERS[stage](settings)
-        [agent] = runtime.app.agents.values()
+        [agent] = [agent for name, agent in runtime.app.agents.items()
+                   if "follow_control" not in name]
         sent: list[Outgoing] = []
         changelog: list[tuple[str, Any]] = []
         attempts = 0

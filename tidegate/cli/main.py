@@ -8,6 +8,7 @@ import click
 
 from tidegate.cli.bench import bench
 from tidegate.cli.broker import broker
+from tidegate.cli.control import control
 from tidegate.cli.data import produce, tail
 from tidegate.cli.dlq import dlq
 from tidegate.cli.model import model
@@ -31,7 +32,7 @@ def cli() -> None:
 cli.add_command(broker)
 cli.add_command(topics)
 cli.add_command(stage)
-for _command in (init, up, status, produce, tail, dlq, model, bench):
+for _command in (init, up, status, produce, tail, dlq, model, bench, control):
     cli.add_command(_command)
 
 

@@ -1,0 +1,107 @@
+"""``tidegate control ...``: degrade, restore, pause, resume and shed, each with a reason."""
+
+from __future__ import annotations
+
+import getpass
+import json
+
+import click
+from confluent_kafka import Producer
+
+from tidegate.cluster import client_config
+from tidegate.codec import Codec
+from tidegate.control import command, command_key
+from tidegate.errors import BrokerError
+from tidegate.reading import read_topic
+from tidegate.settings import load_settings
+from tidegate.topics import CATALOG, by_key
+
+__all__ = ["control"]
+
+_STAGES = click.Choice(["ingest", "validation", "feature", "inference", "system"])
+_REASON = click.option("--reason", required=True, help="Why: it is kept with the command.")
+
+
+@click.group()
+def control() -> None:
+    """Issue control commands to the stages (applied idempotently, kept on the control topic)."""
+
+
+def _issue(target: str, action: str, reason: str, **parameters: str) -> None:
+    settings = load_settings()
+    record = command(target, action, parameters=parameters, reason=reason,
+                     issuer=getpass.getuser())
+    codec = Codec(registry_url=settings.schema_registry_url)
+    topic = by_key("control").name(settings.topic_prefix)
+    producer = Producer(client_config(settings, acks="all", log_level=3))
+    failures: list[str] = []
+    producer.produce(topic, key=command_key(record), value=codec.encode(
+        "tidegate.ControlCommand", record, topic=topic),
+        on_delivery=lambda err, _m: failures.append(str(err)) if err else None)
+    audit = next((spec for spec in CATALOG if spec.key == "audit"), None)
+    if audit is not None:  # the control topic is compacted; the audit topic keeps every command
+        producer.produce(audit.name(settings.topic_prefix), key=b"control",
+                         value=json.dumps({"kind": "control", **record}).encode())
+    if producer.flush(15) or failures:
+        why = failures[0] if failures else "timeout"
+        raise BrokerError(f"the command was not delivered: {why}")
+    details = " ".join(f"{k}={v}" for k, v in parameters.items())
+    click.echo(f"{action} {target} {details}".rstrip() + f" (id {record['id']})")
+
+
+@control.command()
+@click.argument("stage", type=click.Choice(["inference", "feature"]))
+@click.option("--to", "to", help="inference: fallback (default) or static; feature: imputed.")
+@_REASON
+def degrade(stage: str, to: str | None, reason: str) -> None:
+    """Move STAGE to a degraded mode: inference to the fallback model or the static answer."""
+    _issue(stage, "degrade", reason, **({"to": to} if to else {}))
+
+
+@control.command()
+@click.argument("stage", type=click.Choice(["inference", "feature"]))
+@_REASON
+def restore(stage: str, reason: str) -> None:
+    """Undo a degrade: STAGE back to its normal path."""
+    _issue(stage, "restore", reason)
+
+
+@control.command()
+@click.argument("stage", type=_STAGES)
+@_REASON
+def pause(stage: str, reason: str) -> None:
+    """Stop STAGE consuming; its input waits safely in Kafka."""
+    _issue(stage, "pause", reason)
+
+
+@control.command()
+@click.argument("stage", type=_STAGES)
+@_REASON
+def resume(stage: str, reason: str) -> None:
+    """Let a paused STAGE consume again."""
+    _issue(stage, "resume", reason)
+
+
+@control.command()
+@click.option("--share", type=click.FloatRange(0, 1), required=True,
+              help="Share of events answered at ingest with a prediction marked shed (0 stops).")
+@_REASON
+def shed(share: float, reason: str) -> None:
+    """Shed load at ingest: a sampled share of events gets a shed prediction, not a model."""
+    _issue("ingest", "shed", reason, share=f"{share:g}")
+
+
+@control.command(name="ls")
+def ls() -> None:
+    """The commands in force: the newest per stage and aspect."""
+    settings = load_settings()
+    codec = Codec(registry_url=settings.schema_registry_url)
+    latest: dict[bytes, dict[str, object]] = {}
+    for message in read_topic(client_config(settings), by_key("control").name(
+            settings.topic_prefix)):
+        latest[message.key() or b""] = codec.decode(message.value() or b"")
+    if not latest:
+        click.echo("no commands: every stage runs normally")
+    for key, record in sorted(latest.items()):
+        click.echo(f"{key.decode():22} {record['action']:8} {record['parameters'] or ''} "
+                   f"by {record['issuer']}: {record['reason']}")

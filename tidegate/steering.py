@@ -1,0 +1,82 @@
+"""A stage's side of the control plane: recover its mode, follow the control topic, obey pauses.
+
+Example::
+
+    steering = Steering(runtime)      # reads the control topic once, then follows it
+    await steering.wait_while_paused()
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from tidegate.cluster import client_config
+from tidegate.control import StageMode
+from tidegate.errors import BrokerError, CodecError
+from tidegate.reading import read_topic
+from tidegate.topics import by_key
+
+if TYPE_CHECKING:
+    from tidegate.stage import StageRuntime
+
+__all__ = ["Steering"]
+
+log = logging.getLogger("tidegate.control")
+
+
+class Steering:
+    """Keeps ``runtime``'s StageMode current and reports it in the stage's health."""
+
+    def __init__(self, runtime: StageRuntime) -> None:
+        self.runtime = runtime
+        self.mode = StageMode(stage=runtime.stage)
+        self._resumed = asyncio.Event()
+        self._resumed.set()
+        control = runtime.name(by_key("control"))
+        self._recover(control)
+        agent_topic = runtime.topic(by_key("control"))
+
+        async def follow_control(stream: Any) -> None:
+            async for events in stream.take_events(100, within=0.2):
+                self.apply_all([event.message.value for event in events])
+
+        runtime.app.agent(agent_topic, name="follow_control")(follow_control)
+
+    def _recover(self, control: str) -> None:
+        """The mode from every command still on the compacted topic (the newest per aspect)."""
+        try:
+            values = [m.value() or b"" for m in
+                      read_topic(client_config(self.runtime.settings), control)]
+        except BrokerError as exc:
+            log.warning("could not read %s to recover the mode: %s", control, exc)
+            return
+        self.apply_all(values)
+
+    def apply_all(self, values: Sequence[bytes]) -> None:
+        for value in values:
+            try:
+                record = self.runtime.codec.decode(value)
+            except CodecError as exc:
+                log.warning("unreadable control command: %s", exc)
+                continue
+            if self.mode.apply(record):
+                log.warning("control: %s %s %s (%s, by %s)", record["action"], record["target"],
+                            record["parameters"] or "", record["reason"], record["issuer"])
+        self._report()
+
+    def _report(self) -> None:
+        metrics = self.runtime.metrics
+        metrics.mode = self.mode.label()
+        metrics.paused = self.mode.paused
+        metrics.pause_reason = self.mode.pause_reason
+        if self.mode.paused:
+            self._resumed.clear()
+        else:
+            self._resumed.set()
+
+    async def wait_while_paused(self) -> None:
+        """Return at once when running; while paused, wait for a resume command."""
+        await self._resumed.wait()
