@@ -81,6 +81,7 @@ class Settings(BaseSettings):
     status_host: str = "127.0.0.1"
     status_port: int = Field(default=8088, ge=1, le=65535)
     rules_file: Path | None = None
+    stall_seconds: float = Field(default=30.0, gt=0)
     dedupe_window_seconds: float = Field(default=3600.0, gt=0)
     max_future_seconds: float = Field(default=300.0, ge=0)
 

@@ -44,6 +44,7 @@ __all__ = [
 ]
 
 _STATE = "broker.json"
+_PORTS = "ports.json"
 _MAIN_CLASS = "kafka.Kafka"
 
 
@@ -145,19 +146,35 @@ def log_file(settings: Settings) -> Path:
 
 
 def _choose_ports(settings: Settings, directory: Path) -> tuple[int, int]:
+    """Configured ports, else the ones this broker had last time (so clients reconnect after a
+    restart), else free ones."""
+    previous = _previous_ports(directory)
     chosen = []
-    for configured in (settings.broker_port, settings.controller_port):
+    for index, configured in enumerate((settings.broker_port, settings.controller_port)):
         if configured:
             if not _port_free(configured):
                 raise BrokerStartError(f"port {configured} on 127.0.0.1 is taken")
             chosen.append(configured)
+        elif previous and previous[index] not in chosen and _port_free(previous[index]):
+            chosen.append(previous[index])
         else:
             chosen.append(_free_port(exclude=chosen))
+    (directory / _PORTS).write_text(json.dumps(chosen))
     return chosen[0], chosen[1]
+
+
+def _previous_ports(directory: Path) -> list[int] | None:
+    try:
+        ports = json.loads((directory / _PORTS).read_text())
+    except (OSError, ValueError):
+        return None
+    return ports if isinstance(ports, list) and len(ports) == 2 else None
 
 
 def _port_free(port: int) -> bool:
     with socket.socket() as probe:
+        # as Kafka binds: a port whose old connections linger in TIME_WAIT is free to listen on
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind(("127.0.0.1", port))
         except OSError:

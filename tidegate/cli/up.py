@@ -18,7 +18,8 @@ from tidegate.broker.embedded import start_broker, stop_broker
 from tidegate.cluster import client_config
 from tidegate.errors import TidegateError, TopicMismatchError
 from tidegate.settings import Settings, load_settings
-from tidegate.topics import CATALOG
+from tidegate.topics import CATALOG, by_key
+from tidegate.watchdog import HealthWatch, StallDetector
 
 __all__ = ["init", "status", "up"]
 
@@ -68,10 +69,20 @@ def up(demo: bool, rate: float, bad_rate: float, duration: float | None) -> None
         if demo:
             threading.Thread(target=_demo, args=(settings, rate, bad_rate, stopping),
                              daemon=True, name="demo").start()
+        detector = StallDetector(stall_after=settings.stall_seconds)
+        detector.expect(list(STAGES), now=time.monotonic())
+        watch = HealthWatch(client_config(settings), by_key("health").name(settings.topic_prefix),
+                            detector)
+        watch.start()
         ends = time.monotonic() + duration if duration else None
         while not stopping.is_set() and (ends is None or time.monotonic() < ends):
             supervisor.poll()
+            for stage in watch.stalled():
+                supervisor.restart(stage, f"stalled: no health or no progress for "
+                                          f"{settings.stall_seconds:.0f} s")
+                watch.forget(stage)
             stopping.wait(0.5)
+        watch.stop()
     finally:
         stopping.set()
         if supervisor is not None:
