@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 
 from tidegate.batches import envelope_source, unpack
+from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.deadletter import DeadLetter
 from tidegate.errors import CodecError
 from tidegate.features import FEATURE_NAMES
@@ -18,6 +20,8 @@ from tidegate.stage import Outgoing, StageRuntime, source_record
 
 __all__ = ["STAGE", "build"]
 
+log = logging.getLogger("tidegate.inference")
+
 STAGE = "inference"
 
 
@@ -27,6 +31,7 @@ def build(settings: Settings) -> StageRuntime:
     assert runtime.topics.sink is not None
     sink_name = runtime.name(runtime.topics.sink)
     chain = ScoringChain.from_registry(ModelRegistry(settings.registry_dir))
+    chain.breakers = _breakers(runtime, settings)
     encode = runtime.codec.encoder("tidegate.Prediction", topic=sink_name)
     width = len(FEATURE_NAMES)
     size = 8 * width  # bytes of one float64 feature vector
@@ -75,3 +80,24 @@ def build(settings: Settings) -> StageRuntime:
 
     runtime.run_batches(score_features, name="score_features")
     return runtime
+
+
+def _breakers(runtime: StageRuntime, settings: Settings) -> dict[str, CircuitBreaker]:
+    """A breaker per model link; every transition is logged and sent as a health event now."""
+    config = BreakerConfig(
+        failure_rate_threshold=0.5, slow_call_rate_threshold=0.5,
+        slow_call_duration=settings.breaker_slow_call_seconds, window="count", window_size=20,
+        minimum_calls=5, wait_duration=settings.breaker_wait_seconds,
+        permitted_calls_in_half_open=3,
+    )
+
+    def on_change(breaker: CircuitBreaker, old: State, new: State, reason: str) -> None:
+        runtime.metrics.breakers[breaker.name] = str(new)
+        log.warning("breaker %s: %s -> %s (%s)", breaker.name, old, new, reason)
+        runtime.emit_health_soon()
+
+    breakers = {path: CircuitBreaker(f"model:{path}", config, listeners=[on_change])
+                for path in ("primary", "fallback")}
+    for breaker in breakers.values():
+        runtime.metrics.breakers[breaker.name] = str(breaker.state)
+    return breakers

@@ -14,11 +14,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
+from tidegate.breaker import BreakerOpenError, CircuitBreaker
 from tidegate.errors import ScoringError
 from tidegate.registry import ModelRegistry
 from tidegate.scoring import ModelScorer, Scorer, StaticScorer
@@ -43,13 +44,18 @@ class ScoreResult:
 
 @dataclass
 class ScoringChain:
-    """primary -> fallback -> static; ``skip`` names links to pass over (degraded modes)."""
+    """primary -> fallback -> static; ``skip`` names links to pass over (degraded modes).
+
+    A link with a breaker in ``breakers`` is skipped while its breaker is open: the next link
+    answers, never the dead-letter topic.
+    """
 
     primary: Scorer | None
     fallback: Scorer | None
     static: StaticScorer
     primary_threshold: float = 0.5
     fallback_threshold: float = 0.5
+    breakers: dict[str, CircuitBreaker] = field(default_factory=dict)
 
     @classmethod
     def from_registry(cls, registry: ModelRegistry, *, static_score: float = 0.0) -> ScoringChain:
@@ -68,8 +74,13 @@ class ScoringChain:
         for path, scorer, threshold in links:
             if scorer is None or path in skip:
                 continue
+            breaker = self.breakers.get(path)
             try:
-                return ScoreResult(scorer.score(matrix), path, scorer.version, threshold)
+                scores = (breaker.call_sync(scorer.score, matrix) if breaker is not None
+                          else scorer.score(matrix))
+                return ScoreResult(scores, path, scorer.version, threshold)
+            except BreakerOpenError:
+                continue  # open: the next link answers without trying this one
             except ScoringError as exc:
                 log.warning("%s scorer failed, falling back: %s", path, exc)
         return ScoreResult(self.static.score(matrix), "static", self.static.version, 1.0)

@@ -82,6 +82,8 @@ class Settings(BaseSettings):
     status_port: int = Field(default=8088, ge=1, le=65535)
     rules_file: Path | None = None
     stall_seconds: float = Field(default=30.0, gt=0)
+    breaker_wait_seconds: float = Field(default=10.0, gt=0)
+    breaker_slow_call_seconds: float = Field(default=1.0, gt=0)
     dedupe_window_seconds: float = Field(default=3600.0, gt=0)
     max_future_seconds: float = Field(default=300.0, ge=0)
 

@@ -256,6 +256,14 @@ class StageRuntime:
             total += max(0, high - (done + 1 if done is not None else 0))
         return total
 
+    def emit_health_soon(self) -> None:
+        """Send a health event now (a breaker moved), not at the next interval."""
+        try:
+            loop = asyncio.get_running_loop()
+        except RuntimeError:
+            return
+        loop.create_task(self._emit_health())  # noqa: RUF006 -- fire and forget; it logs errors
+
     async def _emit_health(self) -> None:
         try:
             event = self.metrics.snapshot(lag=self.lag())

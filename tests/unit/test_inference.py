@@ -11,6 +11,7 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
+from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.codec import Codec
 from tidegate.errors import ScoringError
 from tidegate.features import FEATURE_NAMES
@@ -204,3 +205,35 @@ def test_predictions_need_one_account_per_envelope() -> None:
     result = ScoreResult(np.array([0.1, 0.2]), "primary", "p:v1", 0.5)
     with pytest.raises(ValueError):
         predictions(envelopes(2), result, ["only-one"])
+
+
+class SwitchableScorer(FixedScorer):
+    """Fails while ``broken`` is set, answers otherwise."""
+
+    broken = True
+
+    def score(self, matrix: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        if self.broken:
+            raise ScoringError(f"{self.version}: down")
+        return self.scores[: len(matrix)]
+
+
+def test_an_open_breaker_skips_the_primary_then_probes_and_closes() -> None:
+    now = [0.0]
+    primary = SwitchableScorer("p:v1", [0.9, 0.9, 0.9])
+    fallback = FixedScorer("f:v1", [0.1, 0.1, 0.1])
+    scoring = chain(primary, fallback)
+    config = BreakerConfig(minimum_calls=4, window_size=10, wait_duration=5.0,
+                           permitted_calls_in_half_open=2)
+    scoring.breakers = {"primary": CircuitBreaker("model:primary", config,
+                                                  clock=lambda: now[0])}
+    paths = [scoring.score(MATRIX).path for _ in range(10)]
+    assert paths == ["fallback"] * 10
+    assert primary.calls == 4, "after the breaker opened the broken model was not called"
+    opened = scoring.breakers["primary"].state
+    assert opened == State.OPEN
+    primary.broken = False
+    now[0] = 6.0  # past wait_duration: half-open lets trial calls through
+    assert [scoring.score(MATRIX).path for _ in range(3)] == ["primary"] * 3
+    assert scoring.breakers["primary"].state == State.CLOSED
