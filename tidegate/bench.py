@@ -203,9 +203,9 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int,
     env_settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap,
                                                "topic_prefix": prefix})
     ensure_topics({"bootstrap.servers": bootstrap}, CATALOG, prefix=prefix, replication=1)
-    from tidegate.cli.up import _ensure_model
+    from tidegate.training import ensure_example_models
 
-    _ensure_model(env_settings)
+    ensure_example_models(env_settings.registry_dir)
     import os
 
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TIDEGATE_TOPIC_PREFIX": prefix,

@@ -18,6 +18,7 @@ import logging
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, cast
 
 import numpy as np
@@ -42,6 +43,7 @@ __all__ = [
     "FALLBACK",
     "PRIMARY",
     "Dataset",
+    "ensure_example_models",
     "evaluate",
     "example_dataset",
     "featurize",
@@ -193,3 +195,13 @@ def train_example(
         events, featurised_s, time.perf_counter() - started,
     )  # fmt: skip
     return promoted[0], promoted[1]
+
+
+def ensure_example_models(root: Path) -> tuple[ModelVersion, ...]:
+    """Train the example models into the registry at ``root`` unless both have a production
+    version; return what was trained (nothing when the registry was ready)."""
+    registry = ModelRegistry(root)
+    if root.is_dir() and all(name in registry.names() and registry.production(name)
+                             for name in (PRIMARY, FALLBACK)):
+        return ()
+    return train_example(registry)

@@ -110,17 +110,11 @@ def _prepare(settings: Settings) -> None:
 
 
 def _ensure_model(settings: Settings) -> None:
-    from tidegate.registry import ModelRegistry
-    from tidegate.training import FALLBACK, PRIMARY, train_example
+    from tidegate.training import ensure_example_models
 
-    registry = ModelRegistry(settings.registry_dir)
-    if settings.registry_dir.is_dir() and all(
-        name in registry.names() and registry.production(name) for name in (PRIMARY, FALLBACK)
-    ):
-        return
-    click.echo("model registry is empty: training the example models")
-    for version in train_example(registry):
-        click.echo(f"  {version.name}:{version.version} roc_auc={version.metrics['roc_auc']:.4f}")
+    for version in ensure_example_models(settings.registry_dir):
+        click.echo(f"trained the example model {version.name}:{version.version} "
+                   f"roc_auc={version.metrics['roc_auc']:.4f}")
 
 
 def _demo(settings: Settings, rate: float, bad_rate: float, stopping: threading.Event) -> None:
