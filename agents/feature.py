@@ -9,12 +9,10 @@ from typing import Any
 
 import faust
 
-from tidegate.batches import ages_ms, pack, unpack
-from tidegate.deadletter import DeadLetter
-from tidegate.errors import CodecError
+from tidegate.batches import ages_ms, pack
 from tidegate.features import AccountState, compute_features
 from tidegate.settings import Settings
-from tidegate.stage import Outgoing, StageRuntime, source_record
+from tidegate.stage import Outgoing, StageRuntime
 
 __all__ = ["STAGE", "build"]
 
@@ -40,16 +38,7 @@ def build(settings: Settings) -> StageRuntime:
     )
 
     async def featurize_events(events: Sequence[Any]) -> list[Outgoing]:
-        envelopes: list[tuple[int, dict[str, Any]]] = []
-        dead: list[DeadLetter] = []
-        for event in events:
-            try:
-                batch = unpack(runtime.codec, event.message.value)
-            except CodecError as exc:
-                dead.append(DeadLetter.of(source_record(event), stage=STAGE, code="BAD_BATCH",
-                                          error_class=type(exc).__name__, message=str(exc)))
-                continue
-            envelopes.extend((event.message.partition, env) for env in batch)
+        envelopes, dead = runtime.unpack_batches(events)
         records = [json.loads(env["fields"]) for _, env in envelopes]
         degraded = steering.mode.degraded_to == "imputed"
         states: dict[str, AccountState | None] = {}

@@ -8,15 +8,14 @@ from typing import Any
 
 import numpy as np
 
-from tidegate.batches import envelope_source, unpack
+from tidegate.batches import envelope_source
 from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.deadletter import DeadLetter
-from tidegate.errors import CodecError
 from tidegate.features import FEATURE_NAMES
 from tidegate.inference import Path, ScoringChain, predictions
 from tidegate.registry import ModelRegistry
 from tidegate.settings import Settings
-from tidegate.stage import Outgoing, StageRuntime, source_record
+from tidegate.stage import Outgoing, StageRuntime
 
 __all__ = ["STAGE", "build"]
 
@@ -41,25 +40,18 @@ def build(settings: Settings) -> StageRuntime:
         "fallback": ("primary",), "static": ("primary", "fallback")}
 
     async def score_features(events: Sequence[Any]) -> list[Outgoing]:
+        unpacked, dead = runtime.unpack_batches(events)
         envelopes: list[dict[str, Any]] = []
-        dead: list[DeadLetter] = []
-        for event in events:
-            try:
-                batch = unpack(runtime.codec, event.message.value)
-            except CodecError as exc:
-                dead.append(DeadLetter.of(source_record(event), stage=STAGE, code="BAD_BATCH",
-                                          error_class=type(exc).__name__, message=str(exc)))
-                continue
-            for envelope in batch:
-                if len(envelope["feature_vector"]) == size:
-                    envelopes.append(envelope)
-                else:
-                    got = len(envelope["feature_vector"]) // 8
-                    dead.append(DeadLetter.of(
-                        envelope_source(envelope), stage=STAGE, code="FEATURE_SHAPE",
-                        error_class="FeatureShapeError",
-                        message=f"{got} features, the model needs {width}",
-                        event_id=envelope["event_id"], trace_id=envelope["trace_id"]))
+        for _, envelope in unpacked:
+            if len(envelope["feature_vector"]) == size:
+                envelopes.append(envelope)
+            else:
+                got = len(envelope["feature_vector"]) // 8
+                dead.append(DeadLetter.of(
+                    envelope_source(envelope), stage=STAGE, code="FEATURE_SHAPE",
+                    error_class="FeatureShapeError",
+                    message=f"{got} features, the model needs {width}",
+                    event_id=envelope["event_id"], trace_id=envelope["trace_id"]))
         out: list[Outgoing] = []
         if envelopes:
             joined = b"".join(env["feature_vector"] for env in envelopes)

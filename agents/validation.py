@@ -8,12 +8,11 @@ from dataclasses import asdict
 from importlib.resources import files
 from typing import Any
 
-from tidegate.batches import ages_ms, envelope_source, pack, unpack
+from tidegate.batches import ages_ms, envelope_source, pack
 from tidegate.deadletter import DeadLetter
-from tidegate.errors import CodecError
 from tidegate.rules import RuleSet, load_rules
 from tidegate.settings import Settings
-from tidegate.stage import Outgoing, StageRuntime, source_record
+from tidegate.stage import Outgoing, StageRuntime
 
 __all__ = ["STAGE", "build", "shipped_rules"]
 
@@ -34,16 +33,7 @@ def build(settings: Settings) -> StageRuntime:
     rules = shipped_rules(settings)
 
     async def validate_events(events: Sequence[Any]) -> list[Outgoing]:
-        envelopes: list[tuple[int, dict[str, Any]]] = []
-        dead: list[DeadLetter] = []
-        for event in events:
-            try:
-                batch = unpack(runtime.codec, event.message.value)
-            except CodecError as exc:
-                dead.append(DeadLetter.of(source_record(event), stage=STAGE, code="BAD_BATCH",
-                                          error_class=type(exc).__name__, message=str(exc)))
-                continue
-            envelopes.extend((event.message.partition, env) for env in batch)
+        envelopes, dead = runtime.unpack_batches(events)
         records = [json.loads(env["fields"]) for _, env in envelopes]
         result = rules.check(records)
         for index in result.failed():

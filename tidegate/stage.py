@@ -124,6 +124,22 @@ class StageRuntime:
         return [Outgoing(topic=topic, key=letter.key, value=letter.value, headers=letter.headers)
                 for letter in letters]
 
+    def unpack_batches(self, events: Sequence[Any]
+                       ) -> tuple[list[tuple[int, dict[str, Any]]], list[DeadLetter]]:
+        """The (partition, envelope) pairs of internal batch messages; BAD_BATCH for unreadable."""
+        envelopes: list[tuple[int, dict[str, Any]]] = []
+        dead: list[DeadLetter] = []
+        for event in events:
+            try:
+                batch = unpack(self.codec, event.message.value)
+            except CodecError as exc:
+                dead.append(DeadLetter.of(source_record(event), stage=self.stage,
+                                          code="BAD_BATCH", error_class=type(exc).__name__,
+                                          message=str(exc)))
+                continue
+            envelopes.extend((event.message.partition, envelope) for envelope in batch)
+        return envelopes, dead
+
     def run_batches(self, handler: Handler, *, name: str,
                     source: faust.TopicT | None = None) -> None:
         """Register ``handler`` as an agent over micro-batches of ``source`` (default: input)."""
