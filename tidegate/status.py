@@ -67,7 +67,6 @@ class StatusBoard:
             live = {name: event for name, (at, event) in instances.items()
                     if now - at <= self.stale_after}
             state = "up" if live else ("stale" if instances else "unknown")
-            recent = [event for _, event in instances.values()]
             newest = max(instances.values(), key=lambda item: item[0])[1] if instances else {}
             stages[stage] = {
                 "state": state,
@@ -78,7 +77,9 @@ class StatusBoard:
                 "latency_p50_ms": float(newest.get("latency_p50_ms", 0.0)),
                 "latency_p99_ms": float(newest.get("latency_p99_ms", 0.0)),
                 "mode": newest.get("mode", "-"),
-                "paused": any(bool(event.get("paused")) for event in recent),
+                "paused": any(bool(event.get("paused")) for event in live.values()),
+                "pause_reason": next((event.get("pause_reason") for event in live.values()
+                                      if event.get("paused")), None),
                 "breakers": dict(newest.get("breakers", {})),
                 "model_version": newest.get("model_version"),
             }

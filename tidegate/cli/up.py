@@ -162,6 +162,12 @@ def status(as_json: bool) -> None:
         click.echo(f"{stage:11} {info['state']:8} {info['records_in']:>9} "
                    f"{info['records_out']:>9} {info['dead_lettered']:>7} {info['lag']:>7} "
                    f"{info['latency_p99_ms']:>8.1f} {info['mode']}")
+    for stage, info in board["stages"].items():
+        if info["breakers"]:
+            states = ", ".join(f"{name} {state}" for name, state in info["breakers"].items())
+            click.echo(f"breakers of {stage}: {states}")
+        if info["paused"]:
+            click.echo(f"{stage} is paused: {info.get('pause_reason') or 'no reason given'}")
     predictions = board["predictions"]
     click.echo(f"predictions: {predictions['total']} ({predictions['flagged']} flagged) "
                f"by path {predictions['by_path']}")
