@@ -8,6 +8,7 @@ Example::
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Literal
@@ -60,7 +61,14 @@ def ensure_topics(
             except KafkaException as exc:
                 if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                     raise BrokerError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
-    reports = describe_topics(config, specs, prefix=prefix, replication=replication, admin=admin)
+    # A topic created a moment ago (here or by someone else) may be missing from metadata yet.
+    deadline = time.monotonic() + _TIMEOUT
+    while True:
+        reports = describe_topics(config, specs, prefix=prefix, replication=replication,
+                                  admin=admin)
+        if all(r.action != "missing" for r in reports) or time.monotonic() > deadline:
+            break
+        time.sleep(0.2)
     return [
         TopicReport(**{**report.__dict__, "action": "created"})
         if report.name in created and report.action == "exists" else report

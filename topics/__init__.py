@@ -103,11 +103,16 @@ ALERTS = TopicSpec(
     description="alerts raised and resolved by monitoring",
 )
 
+AUDIT = TopicSpec(
+    key="audit", partitions=1, retention_ms=365 * _DAY_MS,
+    description="one JSON record per operator action (a dead-letter replay): who, what, counts",
+)
+
 _DLQ = {stage: _dead_letter(stage) for stage in ("ingest", "validation", "feature", "inference")}
 
 CATALOG: tuple[TopicSpec, ...] = (
     EVENTS, INGESTED, VALIDATED, FEATURES, PREDICTIONS, *_DLQ.values(),
-    HEALTH, CONTROL, LABELS, ALERTS,
+    HEALTH, CONTROL, LABELS, ALERTS, AUDIT,
 )
 
 
