@@ -83,6 +83,10 @@ class Settings(BaseSettings):
     rules_file: Path | None = None
     stall_seconds: float = Field(default=30.0, gt=0)
     breaker_wait_seconds: float = Field(default=10.0, gt=0)
+    dead_letter_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    dead_letter_rate_window: float = Field(default=10.0, gt=0)
+    dead_letter_rate_minimum: int = Field(default=200, ge=1)
+    dead_letter_rate_wait: float = Field(default=10.0, gt=0)
     breaker_slow_call_seconds: float = Field(default=1.0, gt=0)
     dedupe_window_seconds: float = Field(default=3600.0, gt=0)
     max_future_seconds: float = Field(default=300.0, ge=0)

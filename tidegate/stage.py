@@ -171,7 +171,7 @@ class StageRuntime:
             size, within = self.settings.batch_size, self.settings.batch_within
             try:
                 while not self.app.should_stop:
-                    if self.steering and self.steering.mode.paused:
+                    if self.steering and self.steering.blocked():
                         reader.pause()  # keeps polling, so the group keeps the member
                     else:
                         reader.resume()
@@ -188,10 +188,14 @@ class StageRuntime:
 
     async def _process(self, handler: Handler, events: Sequence[Any]) -> None:
         began = time.perf_counter()
+        records, dead = self.metrics.totals["in"], self.metrics.totals["dead_lettered"]
         outgoing = await self._handle(handler, events)
         handled = time.perf_counter()
         await self.deliver(outgoing)
         self.metrics.record_timing(len(events), handled - began, time.perf_counter() - handled)
+        if self.steering is not None:
+            self.steering.record_batch(records=self.metrics.totals["in"] - records,
+                                       dead=self.metrics.totals["dead_lettered"] - dead)
 
     async def _handle(self, handler: Handler, events: Sequence[Any]) -> list[Outgoing]:
         try:

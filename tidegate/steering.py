@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 from tidegate.cluster import client_config
 from tidegate.control import StageMode
 from tidegate.errors import BrokerError, CodecError
+from tidegate.guard import DeadLetterGuard
 from tidegate.reading import read_topic
 from tidegate.topics import by_key
 
@@ -33,8 +34,10 @@ class Steering:
     def __init__(self, runtime: StageRuntime) -> None:
         self.runtime = runtime
         self.mode = StageMode(stage=runtime.stage)
-        self._resumed = asyncio.Event()
-        self._resumed.set()
+        settings = runtime.settings
+        self.guard = DeadLetterGuard(
+            threshold=settings.dead_letter_rate_threshold, window=settings.dead_letter_rate_window,
+            minimum=settings.dead_letter_rate_minimum, wait=settings.dead_letter_rate_wait)
         control = runtime.name(by_key("control"))
         self._recover(control)
         agent_topic = runtime.topic(by_key("control"))
@@ -65,18 +68,38 @@ class Steering:
             if self.mode.apply(record):
                 log.warning("control: %s %s %s (%s, by %s)", record["action"], record["target"],
                             record["parameters"] or "", record["reason"], record["issuer"])
+                if record["action"] == "resume":
+                    self.guard.reset()  # an operator's resume also closes the dead-letter guard
         self._report()
+
+    def record_batch(self, *, records: int, dead: int) -> None:
+        """Feed the dead-letter guard with a processed batch."""
+        before = self.guard.state
+        self.guard.record(records=records, dead=dead)
+        if self.guard.state != before:
+            self._report()
+
+    def blocked(self) -> bool:
+        """Paused by a command, or by the dead-letter guard until its next probe."""
+        before = self.guard.state
+        blocked = self.mode.paused or self.guard.blocked()
+        if self.guard.state != before:
+            self._report()
+        return blocked
 
     def _report(self) -> None:
         metrics = self.runtime.metrics
-        metrics.mode = self.mode.label()
-        metrics.paused = self.mode.paused
-        metrics.pause_reason = self.mode.pause_reason
-        if self.mode.paused:
-            self._resumed.clear()
-        else:
-            self._resumed.set()
+        guarded = self.guard.state != "closed"
+        metrics.mode = self.mode.label() + (",dead-letter-guard" if guarded else "")
+        metrics.paused = self.mode.paused or self.guard.state == "open"
+        metrics.pause_reason = self.mode.pause_reason or (
+            self.guard.reason() if guarded else None)
+        metrics.breakers["dead-letters"] = self.guard.state
+        if guarded:
+            log.warning("%s: %s (%s)", self.runtime.stage, self.guard.state, self.guard.reason())
+        self.runtime.emit_health_soon()
 
     async def wait_while_paused(self) -> None:
-        """Return at once when running; while paused, wait for a resume command."""
-        await self._resumed.wait()
+        """Return at once when running; while paused, wait for a resume or the guard's probe."""
+        while self.blocked():
+            await asyncio.sleep(0.2)
