@@ -80,7 +80,7 @@ def _breakers(runtime: StageRuntime, settings: Settings) -> dict[str, CircuitBre
         failure_rate_threshold=0.5, slow_call_rate_threshold=0.5,
         slow_call_duration=settings.breaker_slow_call_seconds, window="count", window_size=20,
         minimum_calls=5, wait_duration=settings.breaker_wait_seconds,
-        permitted_calls_in_half_open=3,
+        permitted_calls_in_half_open=1,  # one probe: a slow model blocks the stage while probed
     )
 
     def on_change(breaker: CircuitBreaker, old: State, new: State, reason: str) -> None:

@@ -1,0 +1,88 @@
+"""A failing and a slow model behind the breaker, on the real broker: the fallback answers."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from tests.integration.pipeline import example_registry, produce, running_pipeline
+from tidegate.codec import Codec
+from tidegate.example.stream import example_messages
+from tidegate.faults import FaultyModel, register_like
+from tidegate.reading import read_topic
+from tidegate.registry import ModelRegistry
+from tidegate.settings import ClientConfig, Settings
+from tidegate.training import PRIMARY
+
+pytestmark = pytest.mark.chaos
+
+
+def _install_faulty_primary(settings: Settings, switch: Path) -> None:
+    example_registry(settings.registry_dir)
+    registry = ModelRegistry(settings.registry_dir)
+    current = registry.require_production(PRIMARY)
+    faulty = FaultyModel(registry.load(PRIMARY, current.version), switch=switch)
+    registry.promote(PRIMARY, register_like(registry, PRIMARY, faulty).version, reason="drill")
+
+
+def _paths_since(settings: Settings, since_ms: int) -> Counter[str]:
+    codec = Codec()
+    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
+    paths: Counter[str] = Counter()
+    for message in read_topic(config, settings.topic_prefix + "predictions"):
+        record = codec.decode(message.value() or b"")
+        if record["predicted_at"] >= since_ms:
+            paths[record["path"]] += 1
+    return paths
+
+
+def _trickle(settings: Settings, seconds: float, seed: int) -> set[str | None]:
+    """Send 20 events every 0.2 s for ``seconds``: many small batches, many breaker calls."""
+    sent: set[str | None] = set()
+    ends = time.monotonic() + seconds
+    while time.monotonic() < ends:
+        batch = produce(settings, example_messages(20, seed=seed, json_share=0.0,
+                                                   events_per_second=5000))
+        sent |= {m.event_id for m in batch}
+        seed += 1
+        time.sleep(0.2)
+    return sent
+
+
+@pytest.mark.parametrize("fault", ["fail", "slow 2"])
+def test_the_breaker_opens_the_fallback_answers_and_the_primary_comes_back(
+        pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        fault: str) -> None:
+    monkeypatch.setenv("TIDEGATE_BREAKER_WAIT_SECONDS", "3")
+    switch = tmp_path / "model.fault"
+    _install_faulty_primary(pipeline_settings, switch)
+    with running_pipeline(pipeline_settings):
+        _trickle(pipeline_settings, 8, seed=1)
+        switch.write_text(fault)
+        began = int(time.time() * 1000)
+        sent = _trickle(pipeline_settings, 20, seed=100)
+        during = _paths_since(pipeline_settings, began + 5000)
+        switch.write_text("")
+        healed = int(time.time() * 1000)
+        sent |= _trickle(pipeline_settings, 12, seed=200)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            after = _paths_since(pipeline_settings, healed + 6000)
+            if after["primary"]:
+                break
+            time.sleep(1)
+        codec = Codec()
+        config: ClientConfig = {
+            "bootstrap.servers": str(pipeline_settings.kafka_bootstrap_servers)}
+        predicted = {codec.decode(m.value() or b"")["event_id"] for m in
+                     read_topic(config, pipeline_settings.topic_prefix + "predictions")}
+    print(f"\nmodel {fault!r}: paths during the fault {dict(during)}, after {dict(after)}")
+    if fault == "fail":
+        assert during["fallback"] > 0 and during["primary"] == 0, during
+    else:  # a slow call still answers: the half-open probes score on the primary, slowly
+        assert during["fallback"] >= 2 * during["primary"], during
+    assert after["primary"] > 0, "the primary never came back after the model recovered"
+    assert sent <= predicted, "events lost while the model failed"
