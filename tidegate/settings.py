@@ -83,6 +83,8 @@ class Settings(BaseSettings):
     rules_file: Path | None = None
     stall_seconds: float = Field(default=30.0, gt=0)
     breaker_wait_seconds: float = Field(default=10.0, gt=0)
+    backpressure_high: int = Field(default=200, ge=1)
+    backpressure_low: int = Field(default=50, ge=0)
     dead_letter_rate_threshold: float = Field(default=0.5, gt=0, le=1)
     dead_letter_rate_window: float = Field(default=10.0, gt=0)
     dead_letter_rate_minimum: int = Field(default=200, ge=1)

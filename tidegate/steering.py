@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from tidegate.backpressure import LagProbe, LagValve
 from tidegate.cluster import client_config
 from tidegate.control import StageMode
 from tidegate.errors import BrokerError, CodecError
@@ -27,6 +28,8 @@ __all__ = ["Steering"]
 
 log = logging.getLogger("tidegate.control")
 
+_NEXT = {"ingest": "validation", "validation": "feature", "feature": "inference"}
+
 
 class Steering:
     """Keeps ``runtime``'s StageMode current and reports it in the stage's health."""
@@ -38,8 +41,9 @@ class Steering:
         self.guard = DeadLetterGuard(
             threshold=settings.dead_letter_rate_threshold, window=settings.dead_letter_rate_window,
             minimum=settings.dead_letter_rate_minimum, wait=settings.dead_letter_rate_wait)
-        control = runtime.name(by_key("control"))
-        self._recover(control)
+        self.valve = LagValve(high=settings.backpressure_high, low=settings.backpressure_low)
+        self._recover(runtime.name(by_key("control")))
+        self._watch_downstream()
         agent_topic = runtime.topic(by_key("control"))
 
         async def follow_control(stream: Any) -> None:
@@ -47,6 +51,29 @@ class Steering:
                 self.apply_all([event.message.value for event in events])
 
         runtime.app.agent(agent_topic, name="follow_control")(follow_control)
+
+    def _watch_downstream(self) -> None:
+        """Every second, the lag of the stage that reads this one's output (if one of ours)."""
+        runtime = self.runtime
+        following = _NEXT.get(runtime.stage)
+        sink = runtime.topics.sink
+        if following is None or sink is None:
+            return
+        probe = LagProbe(client_config(runtime.settings),
+                         group=f"{runtime.settings.topic_prefix}{following}",
+                         topic=runtime.name(sink))
+
+        async def check_downstream() -> None:
+            lag = await asyncio.get_running_loop().run_in_executor(None, probe.lag)
+            if lag is None:
+                return
+            before = self.valve.paused
+            self.valve.update(lag)
+            runtime.metrics.extra["downstream_lag"] = str(lag)
+            if self.valve.paused != before:
+                self._report()
+
+        runtime.app.timer(1.0)(check_downstream)
 
     def _recover(self, control: str) -> None:
         """The mode from every command still on the compacted topic (the newest per aspect)."""
@@ -82,7 +109,7 @@ class Steering:
     def blocked(self) -> bool:
         """Paused by a command, or by the dead-letter guard until its next probe."""
         before = self.guard.state
-        blocked = self.mode.paused or self.guard.blocked()
+        blocked = self.mode.paused or self.guard.blocked() or self.valve.paused
         if self.guard.state != before:
             self._report()
         return blocked
@@ -91,9 +118,11 @@ class Steering:
         metrics = self.runtime.metrics
         guarded = self.guard.state != "closed"
         metrics.mode = self.mode.label() + (",dead-letter-guard" if guarded else "")
-        metrics.paused = self.mode.paused or self.guard.state == "open"
+        metrics.paused = self.mode.paused or self.guard.state == "open" or self.valve.paused
         metrics.pause_reason = self.mode.pause_reason or (
-            self.guard.reason() if guarded else None)
+            self.guard.reason() if guarded else None) or (
+            f"backpressure: the next stage lags {self.valve.lag} messages "
+            f"(resumes under {self.valve.low})" if self.valve.paused else None)
         metrics.breakers["dead-letters"] = self.guard.state
         if guarded:
             log.warning("%s: %s (%s)", self.runtime.stage, self.guard.state, self.guard.reason())

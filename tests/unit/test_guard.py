@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from tidegate.backpressure import LagValve
 from tidegate.guard import DeadLetterGuard
 
 pytestmark = pytest.mark.unit
@@ -65,3 +66,11 @@ def test_reset_closes() -> None:
     assert guard.blocked()
     guard.reset()
     assert not guard.blocked()
+
+
+def test_backpressure_pauses_above_high_and_resumes_under_low() -> None:
+    valve = LagValve(high=100, low=20)
+    assert [valve.update(lag) for lag in (50, 150, 60, 19, 99)] == [
+        False, True, True, False, False]
+    with pytest.raises(ValueError, match="low < high"):
+        LagValve(high=10, low=10)
