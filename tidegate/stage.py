@@ -4,7 +4,10 @@ A stage supplies one async handler from a batch of input events to the messages 
 produce (next-stage batches, dead letters, predictions). The runtime:
 
 - takes micro-batches with ``take_events``, which acks a batch only when the loop asks for the
-  next one, i.e. after ``deliver`` has seen every output acknowledged by the broker;
+  next one, i.e. after ``deliver`` has seen every output acknowledged by the broker (or, for a
+  public input topic, with ``BatchReader``, which commits a batch only after its delivery);
+- holds its input while the stage is paused: by a control command, by the dead-letter-rate
+  breaker, or by backpressure from the next stage (see ``Steering``);
 - never lets an exception reach Faust: a failing batch is retried message by message, and a
   message that still fails is dead-lettered with code INTERNAL_ERROR;
 - retries delivery with backoff inside a deadline, then exits the process without acking, so
