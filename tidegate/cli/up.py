@@ -75,8 +75,12 @@ def up(demo: bool, rate: float, bad_rate: float, duration: float | None) -> None
                             detector)
         watch.start()
         ends = time.monotonic() + duration if duration else None
+        next_report = time.monotonic() + 10
         while not stopping.is_set() and (ends is None or time.monotonic() < ends):
             supervisor.poll()
+            if time.monotonic() >= next_report:
+                next_report += 10
+                click.echo(_progress_line(settings))
             for stage in watch.stalled():
                 supervisor.restart(stage, f"stalled: no health or no progress for "
                                           f"{settings.stall_seconds:.0f} s")
@@ -146,13 +150,7 @@ def _demo(settings: Settings, rate: float, bad_rate: float, stopping: threading.
 @click.option("--json", "as_json", is_flag=True, help="Print the raw status JSON.")
 def status(as_json: bool) -> None:
     """Per-stage status from the monitoring stage."""
-    settings = load_settings()
-    url = f"http://{settings.status_host}:{settings.status_port}/status"
-    try:
-        with urllib.request.urlopen(url, timeout=5) as reply:
-            board: dict[str, Any] = json.loads(reply.read())
-    except (OSError, urllib.error.URLError, ValueError) as exc:
-        raise TidegateError(f"monitoring does not answer at {url}: {exc}") from exc
+    board = _board(load_settings())
     if as_json:
         click.echo(json.dumps(board))
         return
@@ -168,6 +166,35 @@ def status(as_json: bool) -> None:
             click.echo(f"breakers of {stage}: {states}")
         if info["paused"]:
             click.echo(f"{stage} is paused: {info.get('pause_reason') or 'no reason given'}")
+    click.echo(_summary(board))
+
+
+def _board(settings: Settings) -> dict[str, Any]:
+    url = f"http://{settings.status_host}:{settings.status_port}/status"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as reply:
+            board: dict[str, Any] = json.loads(reply.read())
+    except (OSError, urllib.error.URLError, ValueError) as exc:
+        raise TidegateError(f"monitoring does not answer at {url}: {exc}") from exc
+    return board
+
+
+def _summary(board: dict[str, Any]) -> str:
     predictions = board["predictions"]
-    click.echo(f"predictions: {predictions['total']} ({predictions['flagged']} flagged) "
-               f"by path {predictions['by_path']}")
+    return (f"predictions: {predictions['total']} ({predictions['flagged']} flagged) "
+            f"by path {predictions['by_path']}")
+
+
+def _progress_line(settings: Settings) -> str:
+    """One line every few seconds while ``up`` runs: predictions, dead letters, lag, modes."""
+    try:
+        board = _board(settings)
+    except TidegateError as exc:
+        return f"status: {exc}"
+    stages = board["stages"]
+    dead = sum(info["dead_lettered"] for info in stages.values())
+    lag = sum(info["lag"] for info in stages.values())
+    modes = ", ".join(f"{stage} {info['mode']}" for stage, info in stages.items()
+                      if info["mode"] not in ("normal", "-"))
+    return f"{_summary(board)}; dead letters {dead}; lag {lag}" + (
+        f"; modes: {modes}" if modes else "")
