@@ -6,23 +6,24 @@ import time
 
 import pytest
 
-from tests.integration.pipeline import produce, read_outputs, running_pipeline, wait_until_healthy
+from tests.integration.pipeline import (
+    health_events,
+    produce,
+    read_outputs,
+    running_pipeline,
+    wait_until_healthy,
+)
 from tidegate.cli.main import main
-from tidegate.codec import Codec
 from tidegate.example.stream import example_messages
-from tidegate.reading import read_topic
-from tidegate.settings import ClientConfig, Settings
+from tidegate.settings import Settings
 
 pytestmark = pytest.mark.chaos
 
 
 def _feature_backpressured(settings: Settings) -> bool:
-    codec = Codec()
-    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
     return any(event["stage"] == "feature" and event["paused"]
                and (event["pause_reason"] or "").startswith("backpressure")
-               for event in (codec.decode(m.value() or b"")
-                             for m in read_topic(config, settings.topic_prefix + "health")))
+               for event in health_events(settings))
 
 
 def test_feature_pauses_while_inference_lags_and_everything_drains(

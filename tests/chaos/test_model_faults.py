@@ -8,7 +8,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.integration.pipeline import example_registry, produce, running_pipeline
+from tests.integration.pipeline import (
+    example_registry,
+    health_events,
+    produce,
+    running_pipeline,
+)
 from tidegate.codec import Codec
 from tidegate.example.stream import example_messages
 from tidegate.faults import FaultyModel, register_like
@@ -41,11 +46,8 @@ def _paths_since(settings: Settings, since_ms: int) -> Counter[str]:
 
 def _primary_breaker_opened(settings: Settings) -> bool:
     """Whether inference reported its primary model's breaker open in a health event."""
-    codec = Codec()
-    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
     return any(event["stage"] == "inference" and event["breakers"].get("model:primary") == "open"
-               for event in (codec.decode(m.value() or b"")
-                             for m in read_topic(config, settings.topic_prefix + "health")))
+               for event in health_events(settings))
 
 
 def _trickle(settings: Settings, seconds: float, seed: int) -> set[str | None]:

@@ -6,23 +6,24 @@ import time
 
 import pytest
 
-from tests.integration.pipeline import produce, read_outputs, running_pipeline, wait_until_healthy
-from tidegate.codec import Codec
+from tests.integration.pipeline import (
+    health_events,
+    produce,
+    read_outputs,
+    running_pipeline,
+    wait_until_healthy,
+)
 from tidegate.example.badrecords import kind_by_name
 from tidegate.example.stream import example_messages
-from tidegate.reading import read_topic
-from tidegate.settings import ClientConfig, Settings
+from tidegate.settings import Settings
 
 pytestmark = pytest.mark.chaos
 
 
 def _paused_by_guard(settings: Settings) -> bool:
-    codec = Codec()
-    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
     return any(event["stage"] == "validation" and event["paused"]
                and "dead-letter rate" in (event["pause_reason"] or "")
-               for event in (codec.decode(m.value() or b"")
-                             for m in read_topic(config, settings.topic_prefix + "health")))
+               for event in health_events(settings))
 
 
 def test_a_poison_storm_pauses_validation_and_the_good_records_behind_it_are_scored(

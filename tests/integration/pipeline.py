@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from confluent_kafka import Producer
 
@@ -153,3 +154,11 @@ def wait_until_healthy(settings: Settings, stages: Iterable[str] = STAGE_NAMES, 
             return time.monotonic() - began
         time.sleep(0.5)
     raise AssertionError(f"stages never reported healthy: {sorted(wanted - seen)}")
+
+
+def health_events(settings: Settings) -> list[dict[str, Any]]:
+    """Every health event on the topic so far, decoded."""
+    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
+    codec = Codec()
+    return [codec.decode(m.value() or b"")
+            for m in read_topic(config, settings.topic_prefix + "health")]

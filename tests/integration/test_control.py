@@ -6,7 +6,13 @@ import time
 
 import pytest
 
-from tests.integration.pipeline import produce, read_outputs, running_pipeline, wait_until_healthy
+from tests.integration.pipeline import (
+    health_events,
+    produce,
+    read_outputs,
+    running_pipeline,
+    wait_until_healthy,
+)
 from tidegate.cli.main import main
 from tidegate.codec import Codec
 from tidegate.example.stream import example_messages
@@ -44,12 +50,9 @@ def _wait_for_path(settings: Settings, supervisor: Supervisor, path: str, *, see
 def _wait_for_health(settings: Settings, stage: str, *, paused: bool,
                      timeout: float = 30.0) -> None:
     """Until a health event of ``stage`` reports ``paused`` (and its mode says so)."""
-    codec = Codec()
-    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        for message in read_topic(config, settings.topic_prefix + "health"):
-            event = codec.decode(message.value() or b"")
+        for event in health_events(settings):
             if event["stage"] == stage and event["paused"] == paused:
                 assert ("paused" in event["mode"]) == paused
                 return
