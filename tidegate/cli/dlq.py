@@ -24,7 +24,13 @@ from tidegate.codec import Codec
 from tidegate.deadletter import Headers, context_of, header_value
 from tidegate.errors import CodecError, ConfigError
 from tidegate.reading import Message, read_topic
-from tidegate.replay import REPLAY_OFFSET_HEADER, ReplayRequest, ReplaySummary, replay
+from tidegate.replay import (
+    REPLAY_OFFSET_HEADER,
+    ReplayRequest,
+    ReplaySummary,
+    dlq_topic,
+    replay,
+)
 from tidegate.settings import ClientConfig, load_settings
 from tidegate.topics import STAGES
 
@@ -118,7 +124,7 @@ def tally(config: ClientConfig, prefix: str, codec: Codec | None = None
     last: dict[str, tuple[int, str, str]] = {}  # event -> (failed at, stage, code)
     anonymous: dict[str, str] = {}  # position of a dead letter without event id -> event
     for stage in _DLQ_STAGES:
-        topic = _dlq_name(stage, prefix)
+        topic = dlq_topic(stage, prefix)
         for message in read_topic(config, topic):
             headers = cast(Headers, message.headers() or [])
             context = context_of(headers)
@@ -157,12 +163,6 @@ def _event_id(value: bytes, codec: Codec) -> str | None:
 def _total(tallies: Iterable[Tally]) -> Tally:
     every = list(tallies)
     return Tally(*(sum(getattr(t, name) for t in every) for name in vars(Tally())))
-
-
-def _dlq_name(stage: str, prefix: str) -> str:
-    spec = STAGES[stage].dead_letter
-    assert spec is not None
-    return spec.name(prefix)
 
 
 @click.group()
@@ -210,7 +210,7 @@ def show(stage: str, codes: tuple[str, ...], limit: int) -> None:
     settings = load_settings()
     codec = Codec(registry_url=settings.schema_registry_url)
     shown = 0
-    for message in read_topic(client_config(settings), _dlq_name(stage, settings.topic_prefix)):
+    for message in read_topic(client_config(settings), dlq_topic(stage, settings.topic_prefix)):
         context = context_of(message.headers())
         if codes and context.get("error.code") not in codes:
             continue
