@@ -28,7 +28,10 @@ __all__ = ["ACTIONS", "DEGRADE_TARGETS", "StageMode", "command", "command_key", 
 # action -> the aspect of a stage it sets; the newest command per aspect is the current one
 ACTIONS: dict[str, str] = {
     "degrade": "mode", "restore": "mode", "pause": "flow", "resume": "flow", "shed": "shed",
+    "promote": "model", "rollback": "model", "threshold": "threshold",
 }
+# actions only inference applies: the model version it serves and its decision threshold
+_MODEL_ACTIONS = ("promote", "rollback", "threshold")
 # what each stage can degrade to, first is the default
 DEGRADE_TARGETS: dict[str, tuple[str, ...]] = {
     "inference": ("fallback", "static"), "feature": ("imputed",),
@@ -72,12 +75,24 @@ def validate(record: Mapping[str, Any]) -> None:
     if action == "shed":
         if target != "ingest":
             raise ConfigError("shedding happens at ingest: target ingest")
-        try:
-            share = float(params.get("share", "nan"))
-        except ValueError:
-            share = float("nan")
+        share = _number(params.get("share"))
         if not 0.0 <= share <= 1.0:
             raise ConfigError("shed needs a share between 0 and 1")
+    if action in _MODEL_ACTIONS:
+        if target != "inference":
+            raise ConfigError(f"{action} applies to the model: target inference")
+        if action == "threshold":
+            if not 0.0 <= _number(params.get("value")) <= 1.0:
+                raise ConfigError("threshold needs a value between 0 and 1")
+        elif not params.get("version"):
+            raise ConfigError(f"{action} needs the model version to serve (version=vN)")
+
+
+def _number(text: str | None) -> float:
+    try:
+        return float(text if text is not None else "nan")
+    except ValueError:
+        return float("nan")
 
 
 @dataclass
@@ -89,6 +104,8 @@ class StageMode:
     paused: bool = False
     pause_reason: str | None = None
     shed_share: float = 0.0
+    model_version: str | None = None  # pinned by promote or rollback; None: registry production
+    threshold: float | None = None  # set by a threshold command; None: the model's own
     last: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     _applied: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
@@ -112,6 +129,10 @@ class StageMode:
             self.paused, self.pause_reason = False, None
         elif action == "shed" and self.stage == "ingest":
             self.shed_share = float(params.get("share", "0"))
+        elif action in ("promote", "rollback") and self.stage == "inference":
+            self.model_version = params["version"]
+        elif action == "threshold" and self.stage == "inference":
+            self.threshold = float(params["value"])
         self.last[ACTIONS[action]] = record
         return True
 

@@ -54,3 +54,21 @@ def test_ingest_sheds_a_share() -> None:
     mode.apply(command("ingest", "shed", parameters={"share": "0.25"}, reason="overload",
                        issuer="a"))
     assert mode.shed_share == 0.25 and mode.label() == "shed=0.25"
+
+
+def test_model_commands_pin_the_version_and_threshold_of_inference_only() -> None:
+    mode = StageMode(stage="inference")
+    promote = command("inference", "promote", parameters={"version": "v3"}, reason="shadow ok",
+                      issuer="a")
+    assert command_key(promote) == b"inference/model"
+    assert mode.apply(promote) and mode.model_version == "v3"
+    assert mode.apply(command("inference", "rollback", parameters={"version": "v2"},
+                              reason="accuracy", issuer="monitoring"))
+    assert mode.model_version == "v2"
+    assert mode.apply(command("inference", "threshold", parameters={"value": "0.35"},
+                              reason="fewer misses", issuer="a"))
+    assert mode.threshold == 0.35
+    for params, action, target in (({}, "promote", "inference"), ({"version": "v1"}, "rollback",
+                                   "feature"), ({"value": "2"}, "threshold", "inference")):
+        with pytest.raises(ConfigError):
+            command(target, action, parameters=params, reason="r", issuer="a")
