@@ -1,18 +1,21 @@
-"""feature: vectorised features plus per-account state in a Faust table with a changelog."""
+"""feature: vectorised features plus per-account state kept in a changelog-backed store."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 import faust
 
 from tidegate.batches import ages_ms, pack
+from tidegate.cluster import client_config
 from tidegate.features import AccountState, compute_features
 from tidegate.settings import Settings
 from tidegate.stage import Outgoing, StageRuntime
+from tidegate.state import ChangelogStore, StateWrite
+from tidegate.topics import ACCOUNTS
 
 __all__ = ["STAGE", "build"]
 
@@ -30,30 +33,31 @@ def build(settings: Settings) -> StageRuntime:
     steering = runtime.follow_control()
     assert runtime.topics.sink is not None
     sink_name = runtime.name(runtime.topics.sink)
-    accounts = runtime.app.Table(
-        "accounts", default=None,
-        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
-        partitions=runtime.topics.source.partitions, use_partitioner=True,
-        help="per-account rolling state",
-    )
+    accounts = _account_store(runtime)
 
     async def featurize_events(events: Sequence[Any]) -> list[Outgoing]:
         envelopes, dead = runtime.unpack_batches(events)
         records = [json.loads(env["fields"]) for _, env in envelopes]
         degraded = steering.mode.degraded_to == "imputed"
         states: dict[str, AccountState | None] = {}
+        partitions: dict[str, int] = {}
         if not degraded:  # degraded: no state store calls at all, imputed values instead
-            for record in records:
+            for (partition, _), record in zip(envelopes, records, strict=True):
                 account = record["account_id"]
                 if account not in states:
-                    states[account] = _stored(accounts, account)
+                    partitions[account] = partition
+                    states[account] = _stored(accounts, partition, account)
         features, updated = compute_features(records, states, now_ms=int(time.time() * 1000))
+        writes: list[Outgoing] = []
         if degraded:
             features.quality[:] = [f"{q},degraded" if q != "ok" else "degraded"
                                    for q in features.quality]
         else:
             for account, state in updated.items():
-                accounts[account] = state
+                write = accounts.put(partitions[account], account, state)
+                if write is not None:
+                    topic, key, value, partition = write
+                    writes.append(Outgoing(topic=topic, key=key, value=value, partition=partition))
         matrix = features.matrix.astype("<f8", copy=False)
         for index, ((_, envelope), quality) in enumerate(zip(envelopes, features.quality,
                                                              strict=True)):
@@ -64,16 +68,61 @@ def build(settings: Settings) -> StageRuntime:
         runtime.metrics.extra["accounts"] = str(len(accounts))
         out = [Outgoing(topic=sink_name, partition=partition, value=value)
                for partition, value in pack(runtime.codec, envelopes, stage=STAGE)]
-        return out + runtime.dead_letters(dead)
+        return out + writes + runtime.dead_letters(dead)
 
-    runtime.run_batches(featurize_events, name="featurize_events")
+    runtime.consume(featurize_events, name="featurize_events")
     return runtime
 
 
-def _stored(table: Any, account: str) -> AccountState | None:
+class AccountStore(Protocol):
+    def __len__(self) -> int: ...
+
+    def get(self, partition: int, key: str) -> Any: ...
+
+    def put(self, partition: int, key: str, value: Any) -> StateWrite | None: ...
+
+
+class _TableStore:
+    """The Faust table, for the Faust reader: its changelog is written by Faust itself."""
+
+    def __init__(self, table: Any) -> None:
+        self._table = table
+
+    def __len__(self) -> int:
+        return len(self._table)
+
+    def get(self, partition: int, key: str) -> Any:
+        return self._table.get(key)
+
+    def put(self, partition: int, key: str, value: Any) -> None:
+        self._table[key] = value
+
+
+def _account_store(runtime: StageRuntime) -> AccountStore:
+    """Per-account state: a changelog store with the librdkafka reader, else a Faust table.
+
+    The librdkafka reader's store writes its changelog as outputs of the batch, so state is
+    delivered before the offset commit, and in exactly-once mode inside the transaction.
+    """
+    settings = runtime.settings
+    if settings.reader == "librdkafka":
+        store = ChangelogStore(client_config(settings), topic=runtime.name(ACCOUNTS),
+                               max_keys=settings.feature_state_max_accounts)
+        runtime.staged.append(store)
+        runtime.on_assign, runtime.on_revoke = store.restore, store.forget
+        return store
+    return _TableStore(runtime.app.Table(
+        "accounts", default=None,
+        schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
+        partitions=runtime.topics.source.partitions, use_partitioner=True,
+        help="per-account rolling state",
+    ))
+
+
+def _stored(store: AccountStore, partition: int, account: str) -> AccountState | None:
     """The stored state, or None when it is missing or unreadable (features impute then)."""
     try:
-        value = table.get(account)
+        value = store.get(partition, account)
     except Exception:  # noqa: BLE001 -- a state store failure degrades to imputed features, never a crash
         return None
     return value if isinstance(value, dict) else None  # type: ignore[return-value]

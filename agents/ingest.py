@@ -27,6 +27,7 @@ def build(settings: Settings) -> StageRuntime:
     sink = runtime.topics.sink
     sink_name = runtime.name(sink)
     dedupe = Dedupe(window_ms=int(settings.dedupe_window_seconds * 1000))
+    runtime.staged.append(dedupe)  # ids count as seen once their batch is delivered
     limits = IngestLimits(max_future_ms=int(settings.max_future_seconds * 1000))
 
     async def ingest_events(events: Sequence[Any]) -> list[Outgoing]:
@@ -52,10 +53,7 @@ def build(settings: Settings) -> StageRuntime:
         )
         return out + runtime.dead_letters(dead)
 
-    if settings.ingest_reader == "librdkafka":  # see tidegate.reader for why
-        runtime.read_batches(ingest_events, name="ingest_events")
-    else:
-        runtime.run_batches(ingest_events, name="ingest_events")
+    runtime.consume(ingest_events, name="ingest_events")
     return runtime
 
 

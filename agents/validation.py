@@ -57,5 +57,5 @@ def build(settings: Settings) -> StageRuntime:
                for partition, value in pack(runtime.codec, good, stage=STAGE)]
         return out + runtime.dead_letters(dead)
 
-    runtime.run_batches(validate_events, name="validate_events")
+    runtime.consume(validate_events, name="validate_events")
     return runtime

@@ -15,7 +15,7 @@ from tidegate.cluster import bootstrap_servers
 from tidegate.errors import ConfigError
 from tidegate.settings import Settings
 
-__all__ = ["create_app", "credentials"]
+__all__ = ["create_app", "credentials", "input_group"]
 
 
 def credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
@@ -44,6 +44,16 @@ def credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
             mechanism=security.get("sasl.mechanism", "PLAIN"), ssl_context=context,
         )
     raise ConfigError(f"invalid setting KAFKA_SECURITY_PROTOCOL: unknown protocol {protocol}")
+
+
+def input_group(stage: str, settings: Settings) -> str:
+    """The consumer group that reads ``stage``'s input (and whose lag backpressure watches).
+
+    The Faust app's group (``<prefix><stage>``) with the Faust reader; with the librdkafka
+    reader a group of its own, so the app's group only follows the control topic.
+    """
+    group = f"{settings.topic_prefix}{stage}"
+    return f"{group}-input" if settings.reader == "librdkafka" else group
 
 
 def create_app(stage: str, settings: Settings, *, partitions: int = 6) -> faust.App:

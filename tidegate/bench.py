@@ -193,7 +193,8 @@ def _stage_commands(workers: int) -> dict[str, list[str]]:
         count = 1 if stage == "monitoring" else workers
         for index in range(count):
             name = stage if count == 1 else f"{stage}.{index + 1}"
-            commands[name] = [sys.executable, "-m", "tidegate.cli.main", "stage", "run", stage]
+            commands[name] = [sys.executable, "-m", "tidegate.cli.main", "stage", "run", stage,
+                              "--worker", str(index)]
     return commands
 
 

@@ -36,10 +36,17 @@ class IngestLimits:
 
 
 class Dedupe:
-    """Event ids seen within a bounded window (count and age); the oldest are forgotten."""
+    """Event ids seen within a bounded window (count and age); the oldest are forgotten.
+
+    Staged (see ``tidegate.stage.Staged``): an id checked by ``seen`` counts for later calls only
+    once the stage ``keep``s the handler call and ``commit``s the delivered batch, so a batch that
+    fails and is retried message by message does not find its own ids already seen.
+    """
 
     def __init__(self, *, max_ids: int = 500_000, window_ms: int = 3_600_000) -> None:
         self._seen: OrderedDict[str, int] = OrderedDict()
+        self._call: dict[str, int] = {}
+        self._batch: dict[str, int] = {}
         self._max = max_ids
         self._window = window_ms
 
@@ -47,16 +54,28 @@ class Dedupe:
         return len(self._seen)
 
     def seen(self, event_id: str, now_ms: int) -> bool:
-        """True if ``event_id`` was seen in the window; remembers it otherwise."""
+        """True if ``event_id`` was seen in the window or earlier in this batch; else stages it."""
         horizon = now_ms - self._window
         while self._seen and next(iter(self._seen.values())) < horizon:
             self._seen.popitem(last=False)
-        if event_id in self._seen:
+        if event_id in self._seen or event_id in self._batch or event_id in self._call:
             return True
-        self._seen[event_id] = now_ms
+        self._call[event_id] = now_ms
+        return False
+
+    def keep(self) -> None:
+        self._batch.update(self._call)
+        self._call.clear()
+
+    def drop(self) -> None:
+        self._call.clear()
+
+    def commit(self) -> None:
+        self.keep()
+        self._seen.update(self._batch)
+        self._batch.clear()
         while len(self._seen) > self._max:
             self._seen.popitem(last=False)
-        return False
 
 
 def make_traceparent(headers: Headers) -> tuple[str, str]:

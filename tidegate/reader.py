@@ -17,6 +17,7 @@ Example::
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,19 +48,47 @@ class ReaderEvent:
     message: ReaderMessage
 
 
-class BatchReader:
-    """A librdkafka consumer in its own group that yields micro-batches of events."""
+Partitions = Callable[[list[int]], None]
 
-    def __init__(self, config: ClientConfig, *, topic: str, group: str) -> None:
+
+class BatchReader:
+    """A librdkafka consumer in its own group that yields micro-batches of events.
+
+    ``on_assign`` and ``on_revoke`` receive partition numbers; they run inside ``next_batch``
+    (librdkafka calls them from its poll), before records of a newly assigned partition are
+    returned, which is where a stage restores per-partition state.
+    """
+
+    def __init__(self, config: ClientConfig, *, topic: str, group: str,
+                 on_assign: Partitions | None = None, on_revoke: Partitions | None = None,
+                 prefetch_kbytes: int = 16384) -> None:
         self._consumer = Consumer({
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
             "partition.assignment.strategy": "cooperative-sticky", "log_level": 3,
+            # transactional producers upstream: see only committed batches
+            "isolation.level": "read_committed",
+            # bounds the prefetch queue (librdkafka's default is 64 MiB)
+            "queued.max.messages.kbytes": prefetch_kbytes,
+            # a killed worker's partitions move to its replacement after 10 s, not 45
+            "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
             **config, "group.id": group,
         })
-        self._consumer.subscribe([topic])
+        self._on_assign, self._on_revoke = on_assign, on_revoke
+        self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked,
+                                 on_lost=self._revoked)
         self.topic = topic
         self._positions: dict[int, int] = {}
         self._paused = False
+
+    def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        if self._on_assign is not None and partitions:
+            self._on_assign([tp.partition for tp in partitions])
+
+    def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        for tp in partitions:
+            self._positions.pop(tp.partition, None)
+        if self._on_revoke is not None and partitions:
+            self._on_revoke([tp.partition for tp in partitions])
 
     async def next_batch(self, size: int, within: float) -> list[ReaderEvent]:
         """Up to ``size`` records, waiting at most ``within`` seconds for the first."""
@@ -81,16 +110,29 @@ class BatchReader:
             )))
         return events
 
-    def commit(self, events: list[ReaderEvent]) -> None:
-        """Commit past every event of a delivered batch (asynchronously)."""
+    def next_offsets(self, events: Sequence[ReaderEvent]) -> list[TopicPartition]:
+        """The offsets to commit once ``events`` are delivered: one past each partition's last."""
         ends: dict[int, int] = {}
         for event in events:
             message = event.message
             ends[message.partition] = max(ends.get(message.partition, -1), message.offset)
-        if ends:
-            self._positions.update(ends)
-            self._consumer.commit(offsets=[TopicPartition(self.topic, p, o + 1)
-                                           for p, o in ends.items()], asynchronous=True)
+        return [TopicPartition(self.topic, p, o + 1) for p, o in ends.items()]
+
+    def delivered(self, offsets: Sequence[TopicPartition]) -> None:
+        """Record how far the stage got, for ``lag``."""
+        for tp in offsets:
+            self._positions[tp.partition] = tp.offset - 1
+
+    def commit(self, events: Sequence[ReaderEvent]) -> None:
+        """Commit past every event of a delivered batch (asynchronously)."""
+        offsets = self.next_offsets(events)
+        if offsets:
+            self.delivered(offsets)
+            self._consumer.commit(offsets=offsets, asynchronous=True)
+
+    def group_metadata(self) -> Any:
+        """The consumer group's metadata, for committing offsets inside a transaction."""
+        return self._consumer.consumer_group_metadata()
 
     def pause(self) -> None:
         """Stop fetching from every assigned partition, newly assigned ones included."""

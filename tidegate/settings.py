@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator
+from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tidegate.errors import ConfigError
@@ -27,7 +27,8 @@ __all__ = ["ClientConfig", "LogFormat", "Settings", "load_settings", "security_c
 
 ClientConfig = dict[str, str | int | float | bool]
 LogFormat = Literal["text", "json"]
-IngestReader = Literal["librdkafka", "faust"]
+Reader = Literal["librdkafka", "faust"]
+Guarantee = Literal["at_least_once", "exactly_once"]
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR"]
 
 _SECURITY_PREFIXES = ("KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_", "KAFKA_SSL_")
@@ -73,7 +74,11 @@ class Settings(BaseSettings):
     schema_registry_url: str | None = None
     log_format: LogFormat = "text"
     log_level: LogLevel = "INFO"
-    ingest_reader: IngestReader = "librdkafka"
+    reader: Reader = "librdkafka"
+    processing_guarantee: Guarantee = "at_least_once"
+    worker: int = Field(default=0, ge=0, le=999)
+    transaction_timeout: float = Field(default=10.0, ge=1, le=900)
+    feature_state_max_accounts: int = Field(default=200_000, ge=1)
     batch_size: int = Field(default=512, ge=1, le=100_000)
     batch_within: float = Field(default=0.05, gt=0, le=10)
     health_interval: float = Field(default=2.0, gt=0, le=60)
@@ -101,6 +106,19 @@ class Settings(BaseSettings):
             raise ValueError("may hold only letters, digits, '.', '_' and '-'")
         return value
 
+    @model_validator(mode="after")
+    def _check_guarantee(self) -> Settings:
+        if self.processing_guarantee == "exactly_once" and self.reader != "librdkafka":
+            # transactions commit the input offsets of a librdkafka consumer's group
+            raise ValueError("TIDEGATE_PROCESSING_GUARANTEE=exactly_once needs "
+                             "TIDEGATE_READER=librdkafka")
+        return self
+
+    @property
+    def exactly_once(self) -> bool:
+        """Whether stages commit outputs and input offsets in one Kafka transaction."""
+        return self.processing_guarantee == "exactly_once"
+
     @property
     def broker_dir(self) -> Path:
         """Where the embedded broker keeps its storage, log and state file."""
@@ -127,6 +145,9 @@ def load_settings() -> Settings:
         return Settings()
     except ValidationError as exc:
         error = exc.errors()[0]
-        field = str(error["loc"][0]) if error["loc"] else "?"
+        if not error["loc"]:  # a rule across settings
+            raise ConfigError(f"invalid settings: {error['msg'].removeprefix('Value error, ')}"
+                              ) from exc
+        field = str(error["loc"][0])
         name = field if field.isupper() else "TIDEGATE_" + field.upper()
         raise ConfigError(f"invalid setting {name}: {error['msg']}") from exc

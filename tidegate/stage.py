@@ -18,31 +18,34 @@ produce (next-stage batches, dead letters, predictions). The runtime:
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import random
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import faust
+from confluent_kafka import TopicPartition
 
-from tidegate.app import create_app
+from tidegate.app import create_app, input_group
 from tidegate.batches import envelope_source, unpack
 from tidegate.cluster import client_config
 from tidegate.codec import Codec
 from tidegate.control import StageMode
 from tidegate.deadletter import DeadLetter, SourceRecord
-from tidegate.delivery import Outbox
+from tidegate.delivery import Message, Outbox
 from tidegate.errors import CodecError
 from tidegate.health import StageMetrics
 from tidegate.reader import BatchReader
 from tidegate.settings import Settings
 from tidegate.steering import Steering
 from tidegate.topics import STAGES, TopicSpec, by_key
+from tidegate.transactions import TransactionalOutbox
 
-__all__ = ["EXIT_DELIVERY", "Outgoing", "StageRuntime", "source_record"]
+__all__ = ["EXIT_DELIVERY", "Outgoing", "StageRuntime", "Staged", "source_record"]
 
 log = logging.getLogger("tidegate.stage")
 
@@ -61,6 +64,28 @@ class Outgoing:
 
 
 Handler = Callable[[Sequence[Any]], Awaitable[list[Outgoing]]]
+Deliver = Callable[[Sequence[Outgoing]], Awaitable[None]]
+
+
+class Staged(Protocol):
+    """State a handler changes that must count only once the batch's outputs are delivered.
+
+    ``keep`` after a handler call returned, ``drop`` after it raised (the per-message retry
+    calls the handler again), ``commit`` after delivery. Ingest's de-duplication window and the
+    feature stage's state store are staged, so a retried batch neither reports its own events as
+    duplicates nor counts them twice.
+    """
+
+    def keep(self) -> None: ...
+
+    def drop(self) -> None: ...
+
+    def commit(self) -> None: ...
+
+
+def _messages(outgoing: Sequence[Outgoing]) -> list[Message]:
+    return [(item.topic, item.key, item.value, item.partition,
+             list(item.headers) if item.headers else None) for item in outgoing]
 
 
 def source_record(event: Any) -> SourceRecord:
@@ -92,6 +117,9 @@ class StageRuntime:
         self._positions: dict[tuple[str, int], int] = {}
         self._outbox: Outbox | None = None
         self._reader: BatchReader | None = None
+        self.staged: list[Staged] = []
+        self.on_assign: Callable[[list[int]], None] | None = None
+        self.on_revoke: Callable[[list[int]], None] | None = None
         self.app.timer(settings.health_interval)(self._emit_health)
         self.steering: Steering | None = None
 
@@ -160,15 +188,30 @@ class StageRuntime:
         agent.__name__ = name
         self.app.agent(source or self.source, name=name)(agent)
 
+    def consume(self, handler: Handler, *, name: str) -> None:
+        """Run ``handler`` over the stage's input with the configured reader."""
+        if self.settings.reader == "librdkafka":
+            self.read_batches(handler, name=name)
+        else:
+            self.run_batches(handler, name=name)
+
     def read_batches(self, handler: Handler, *, name: str) -> None:
         """Run ``handler`` over micro-batches of the input read by librdkafka (``BatchReader``).
 
-        For a public topic of one event per message, where Faust's per-message hand-off costs
-        more than the stage's own work. Offsets are committed only after delivery.
+        Faust hands an agent one message at a time; this takes a whole batch in one call. In
+        at-least-once mode offsets are committed after delivery; in exactly-once mode outputs and
+        offsets commit in one transaction (``tidegate.transactions``).
         """
+        group = input_group(self.stage, self.settings)
         reader = BatchReader(client_config(self.settings), topic=self.source.get_topic_name(),
-                             group=f"{self.app.conf.id}-input")
+                             group=group, on_assign=self.on_assign, on_revoke=self.on_revoke)
         self._reader = reader
+        transactional = None
+        if self.settings.exactly_once:
+            transactional = TransactionalOutbox(
+                client_config(self.settings), transactional_id=f"{group}-{self.settings.worker}",
+                transaction_timeout=self.settings.transaction_timeout,
+                deadline=self.settings.delivery_deadline)
 
         async def read() -> None:
             size, within = self.settings.batch_size, self.settings.batch_within
@@ -181,20 +224,40 @@ class StageRuntime:
                     events = await reader.next_batch(size, within)
                     if not events:
                         continue
-                    await self._process(handler, events)
-                    reader.commit(events)
+                    offsets = reader.next_offsets(events)
+                    if transactional is None:
+                        await self._process(handler, events, self.deliver)
+                        reader.commit(events)
+                    else:
+                        await self._process(handler, events, functools.partial(
+                            self._commit, transactional, offsets=offsets, reader=reader))
+                    reader.delivered(offsets)
             finally:
                 reader.close()
 
         read.__name__ = name
         self.app.task(read)
 
-    async def _process(self, handler: Handler, events: Sequence[Any]) -> None:
+    async def _commit(self, outbox: TransactionalOutbox, outgoing: Sequence[Outgoing], *,
+                      offsets: Sequence[TopicPartition], reader: BatchReader) -> None:
+        """One transaction: the batch's outputs and its input offsets; else exit, unacked."""
+        try:
+            await outbox.commit(_messages(outgoing), offsets=offsets,
+                                group_metadata=reader.group_metadata())
+        except Exception as exc:  # noqa: BLE001 -- nothing committed: restart and read again
+            log.critical("transaction not committed (%s); exiting to be restarted", exc)
+            logging.shutdown()
+            os._exit(EXIT_DELIVERY)
+
+    async def _process(self, handler: Handler, events: Sequence[Any],
+                       deliver: Deliver | None = None) -> None:
         began = time.perf_counter()
         records, dead = self.metrics.totals["in"], self.metrics.totals["dead_lettered"]
         outgoing = await self._handle(handler, events)
         handled = time.perf_counter()
-        await self.deliver(outgoing)
+        await (deliver or self.deliver)(outgoing)
+        for staged in self.staged:
+            staged.commit()
         self.metrics.record_timing(len(events), handled - began, time.perf_counter() - handled)
         if self.steering is not None:
             self.steering.record_batch(records=self.metrics.totals["in"] - records,
@@ -202,17 +265,29 @@ class StageRuntime:
 
     async def _handle(self, handler: Handler, events: Sequence[Any]) -> list[Outgoing]:
         try:
-            return await handler(events)
+            return await self._call(handler, events)
         except Exception:
             self.metrics.record_error()
             log.exception("batch of %d failed; retrying message by message", len(events))
         outgoing: list[Outgoing] = []
         for event in events:
             try:
-                outgoing.extend(await handler([event]))
+                outgoing.extend(await self._call(handler, [event]))
             except Exception as exc:  # noqa: BLE001 -- isolate the poison message
                 self.metrics.record_error()
                 outgoing.extend(self.dead_letters(self._failure_letters(event, exc)))
+        return outgoing
+
+    async def _call(self, handler: Handler, events: Sequence[Any]) -> list[Outgoing]:
+        """One handler call; what it staged is kept for the batch only if it returned."""
+        try:
+            outgoing = await handler(events)
+        except BaseException:
+            for staged in self.staged:
+                staged.drop()
+            raise
+        for staged in self.staged:
+            staged.keep()
         return outgoing
 
     def _failure_letters(self, event: Any, exc: Exception) -> list[DeadLetter]:
@@ -257,11 +332,7 @@ class StageRuntime:
         return self._outbox
 
     async def _send_all(self, outgoing: Sequence[Outgoing]) -> None:
-        await self.outbox.send_all([
-            (item.topic, item.key, item.value, item.partition,
-             list(item.headers) if item.headers else None)
-            for item in outgoing
-        ])
+        await self.outbox.send_all(_messages(outgoing))
 
     def lag(self) -> int:
         """Records waiting on the assigned input partitions (high watermark minus position)."""

@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
+from tidegate.app import input_group
 from tidegate.backpressure import LagProbe, LagValve
 from tidegate.cluster import client_config
 from tidegate.control import StageMode
@@ -60,7 +61,7 @@ class Steering:
         if following is None or sink is None:
             return
         probe = LagProbe(client_config(runtime.settings),
-                         group=f"{runtime.settings.topic_prefix}{following}",
+                         group=input_group(following, runtime.settings),
                          topic=runtime.name(sink))
 
         async def check_downstream() -> None:

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 __all__ = [
+    "ACCOUNTS",
     "CATALOG",
     "STAGES",
     "CleanupPolicy",
@@ -80,6 +81,12 @@ FEATURES = TopicSpec(
     value_schema="tidegate.internal.EventBatch",
     description="micro-batches with their feature vectors",
 )
+ACCOUNTS = TopicSpec(
+    key="feature.accounts", partitions=VALIDATED.partitions, retention_ms=365 * _DAY_MS,
+    cleanup_policy="compact", internal=True,
+    description="the feature stage's per-account state, compacted; partition n holds the "
+    "accounts of validated partition n",
+)
 PREDICTIONS = TopicSpec(
     key="predictions", partitions=6, retention_ms=7 * _DAY_MS,
     value_schema="tidegate.Prediction",
@@ -111,7 +118,7 @@ AUDIT = TopicSpec(
 _DLQ = {stage: _dead_letter(stage) for stage in ("ingest", "validation", "feature", "inference")}
 
 CATALOG: tuple[TopicSpec, ...] = (
-    EVENTS, INGESTED, VALIDATED, FEATURES, PREDICTIONS, *_DLQ.values(),
+    EVENTS, INGESTED, VALIDATED, FEATURES, ACCOUNTS, PREDICTIONS, *_DLQ.values(),
     HEALTH, CONTROL, LABELS, ALERTS, AUDIT,
 )
 

@@ -89,8 +89,8 @@ def make_settings(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> MakeSettin
         monkeypatch.setenv("TIDEGATE_TOPIC_PREFIX", PREFIX)
         monkeypatch.setenv("TIDEGATE_DATA_DIR", str(data_dir))
         monkeypatch.setenv("TIDEGATE_BATCH_WITHIN", "0.01")
-        # This tier drives Faust agents; ingest's librdkafka reader is the integration tier's.
-        monkeypatch.setenv("TIDEGATE_INGEST_READER", "faust")
+        # This tier drives Faust agents; the librdkafka reader is the integration tier's.
+        monkeypatch.setenv("TIDEGATE_READER", "faust")
         for name, value in env.items():
             monkeypatch.setenv(f"TIDEGATE_{name.upper()}", value)
         return load_settings()

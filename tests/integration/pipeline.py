@@ -80,8 +80,8 @@ def produce(settings: Settings, messages: Iterable[ExampleMessage], *,
     sent: list[ExampleMessage] = []
     began = time.monotonic()
     for message in messages:
-        if rate and len(sent) / rate > time.monotonic() - began:
-            time.sleep(len(sent) / rate - (time.monotonic() - began))
+        if rate:  # ahead of schedule: wait (never a negative sleep on a loaded machine)
+            time.sleep(max(0.0, len(sent) / rate - (time.monotonic() - began)))
         producer.produce(topic, key=message.key, value=message.value)
         producer.poll(0)
         sent.append(message)
@@ -162,3 +162,19 @@ def health_events(settings: Settings) -> list[dict[str, Any]]:
     codec = Codec()
     return [codec.decode(m.value() or b"")
             for m in read_topic(config, settings.topic_prefix + "health")]
+
+
+Expected = tuple[Counter[str], Counter[tuple[str, str, bytes]]]
+
+
+def expectations(sent: Iterable[ExampleMessage]) -> Expected:
+    """Event ids that must be predicted, and (stage, code, value) that must be dead-lettered."""
+    predicted: Counter[str] = Counter()
+    dead: Counter[tuple[str, str, bytes]] = Counter()
+    for message in sent:
+        if message.expected is None:
+            assert message.event_id is not None
+            predicted[message.event_id] += 1
+        else:
+            dead[(message.expected.stage, message.expected.code, message.value)] += 1
+    return predicted, dead

@@ -11,13 +11,14 @@ import numpy as np
 import pytest
 
 from tests.integration.pipeline import (
+    expectations,
     produce,
     running_pipeline,
     wait_for_outputs,
     wait_until_healthy,
 )
 from tidegate.example.badrecords import ALL_KINDS
-from tidegate.example.stream import ExampleMessage, example_messages
+from tidegate.example.stream import example_messages
 from tidegate.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -25,26 +26,10 @@ pytestmark = pytest.mark.integration
 EVENTS = 20_000
 
 
-Expected = tuple[Counter[str], Counter[tuple[str, str, bytes]]]
-
-
-def _expectations(sent: list[ExampleMessage]) -> Expected:
-    """Event ids that must be predicted, and (stage, code, value) that must be dead-lettered."""
-    predicted: Counter[str] = Counter()
-    dead: Counter[tuple[str, str, bytes]] = Counter()
-    for message in sent:
-        if message.expected is None:
-            assert message.event_id is not None
-            predicted[message.event_id] += 1
-        else:
-            dead[(message.expected.stage, message.expected.code, message.value)] += 1
-    return predicted, dead
-
-
 @pytest.mark.parametrize("reader", ["librdkafka", "faust"])
 def test_every_event_ends_in_exactly_one_place(pipeline_settings: Settings, reader: str,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("TIDEGATE_INGEST_READER", reader)
+    monkeypatch.setenv("TIDEGATE_READER", reader)
     messages = list(example_messages(EVENTS, seed=11, bad_rate=0.05,
                                      events_per_second=20_000))
     kinds = {m.expected.name for m in messages if m.expected is not None}
@@ -58,7 +43,7 @@ def test_every_event_ends_in_exactly_one_place(pipeline_settings: Settings, read
         restarts = {name: child.restarts for name, child in supervisor.children.items()}
         alive = {name: child.process is not None and child.process.poll() is None
                  for name, child in supervisor.children.items()}
-    predicted, dead = _expectations(sent)
+    predicted, dead = expectations(sent)
     assert restarts == dict.fromkeys(restarts, 0), f"a stage crashed: {restarts}"
     assert all(alive.values()), f"a stage died: {alive}"
     missing = set(predicted) - set(outputs.predictions)
@@ -85,7 +70,7 @@ def test_kill_9_loses_nothing(pipeline_settings: Settings, victim: str) -> None:
     kinds = [kind for kind in ALL_KINDS if kind.name != "duplicate_event_id"]
     messages = list(example_messages(8000, seed=5, bad_rate=0.03, kinds=kinds,
                                      events_per_second=20_000))
-    predicted, dead = _expectations(messages)
+    predicted, dead = expectations(messages)
     with running_pipeline(pipeline_settings) as supervisor:
         first = produce(pipeline_settings, messages[:4000])
         partial = wait_for_outputs(pipeline_settings, 1000, supervisor=supervisor)

@@ -61,8 +61,11 @@ def as_json(record: dict[str, Any]) -> bytes:
 
 def ingest(records: Sequence[SourceRecord], codec: Codec, dedupe: Dedupe | None = None
            ) -> tuple[list[tuple[str, dict[str, object]]], list[DeadLetter]]:
-    return ingest_batch(records, codec=codec, dedupe=Dedupe() if dedupe is None else dedupe,
-                        now_ms=NOW_MS)
+    """One batch through ingest_batch, delivered: its ids then count as seen."""
+    dedupe = Dedupe() if dedupe is None else dedupe
+    result = ingest_batch(records, codec=codec, dedupe=dedupe, now_ms=NOW_MS)
+    dedupe.commit()
+    return result
 
 
 def only_dead_letter(record: SourceRecord, codec: Codec) -> DeadLetter:
@@ -322,47 +325,70 @@ def test_validation_kinds_pass_ingest(
 # --- Dedupe ---------------------------------------------------------------------------------
 
 
+def see(dedupe: Dedupe, event_id: str, now_ms: int) -> bool:
+    """``seen``, then the batch delivered."""
+    answer = dedupe.seen(event_id, now_ms)
+    dedupe.commit()
+    return answer
+
+
 def test_dedupe_remembers_within_the_window() -> None:
     dedupe = Dedupe(max_ids=10, window_ms=1_000)
-    assert dedupe.seen("a", 0) is False
-    assert dedupe.seen("a", 500) is True
-    assert dedupe.seen("b", 900) is False
-    assert dedupe.seen("a", 1_000) is True
+    assert see(dedupe, "a", 0) is False
+    assert see(dedupe, "a", 500) is True
+    assert see(dedupe, "b", 900) is False
+    assert see(dedupe, "a", 1_000) is True
     assert len(dedupe) == 2
 
 
 def test_dedupe_forgets_the_oldest_beyond_its_count() -> None:
     dedupe = Dedupe(max_ids=3, window_ms=10**9)
     for index, event_id in enumerate("abcd"):
-        assert dedupe.seen(event_id, index) is False
+        assert see(dedupe, event_id, index) is False
     assert len(dedupe) == 3
-    assert [dedupe.seen(event_id, 10) for event_id in "bcd"] == [True, True, True]
-    assert dedupe.seen("a", 11) is False  # forgotten, so new again
+    assert [see(dedupe, event_id, 10) for event_id in "bcd"] == [True, True, True]
+    assert see(dedupe, "a", 11) is False  # forgotten, so new again
     assert len(dedupe) == 3
-    assert dedupe.seen("b", 12) is False  # "a" came back and pushed "b" out
+    assert see(dedupe, "b", 12) is False  # "a" came back and pushed "b" out
 
 
 def test_dedupe_forgets_ids_older_than_its_window() -> None:
     dedupe = Dedupe(max_ids=100, window_ms=1_000)
-    dedupe.seen("old", 0)
-    dedupe.seen("mid", 600)
-    assert dedupe.seen("new", 1_500) is False  # horizon 500: "old" goes, "mid" stays
+    see(dedupe, "old", 0)
+    see(dedupe, "mid", 600)
+    assert see(dedupe, "new", 1_500) is False  # horizon 500: "old" goes, "mid" stays
     assert len(dedupe) == 2
-    assert dedupe.seen("mid", 1_550) is True
-    assert dedupe.seen("old", 1_600) is False
+    assert see(dedupe, "mid", 1_550) is True
+    assert see(dedupe, "old", 1_600) is False
 
 
 def test_dedupe_does_not_report_an_id_older_than_the_window() -> None:
     dedupe = Dedupe(max_ids=100, window_ms=1_000)
-    assert dedupe.seen("a", 0) is False
-    assert dedupe.seen("a", 5_000) is False
+    assert see(dedupe, "a", 0) is False
+    assert see(dedupe, "a", 5_000) is False
 
 
 def test_dedupe_stays_bounded_under_a_stream_of_new_ids() -> None:
     dedupe = Dedupe(max_ids=50, window_ms=10**9)
     for index in range(1_000):
-        dedupe.seen(f"id-{index}", index)
+        see(dedupe, f"id-{index}", index)
     assert len(dedupe) == 50
+
+
+def test_dedupe_counts_an_id_only_once_its_batch_is_delivered() -> None:
+    dedupe = Dedupe()
+    assert dedupe.seen("a", 0) is False
+    assert dedupe.seen("a", 1) is True  # twice in one batch: the second is a duplicate
+    dedupe.drop()  # the handler call failed; the message-by-message retry comes next
+    assert dedupe.seen("a", 2) is False
+    dedupe.keep()
+    assert dedupe.seen("b", 3) is False
+    dedupe.drop()  # this message failed alone: only "b" is forgotten
+    assert len(dedupe) == 0, "nothing counts before delivery"
+    dedupe.commit()
+    assert len(dedupe) == 1
+    assert see(dedupe, "a", 4) is True
+    assert see(dedupe, "b", 5) is False
 
 
 # --- trace context --------------------------------------------------------------------------

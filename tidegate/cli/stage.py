@@ -20,16 +20,21 @@ def stage() -> None:
 
 @stage.command()
 @click.argument("name", type=click.Choice(STAGE_NAMES))
-def run(name: str) -> None:
+@click.option("--worker", type=click.IntRange(0, 999), default=None,
+              help="This process's number among the stage's workers (default TIDEGATE_WORKER); "
+              "in exactly-once mode it names the stable transactional id.")
+def run(name: str, worker: int | None) -> None:
     """Run stage NAME until SIGTERM or Ctrl-C; in-flight batches finish first."""
     import faust
 
     from tidegate.logs import logging_config
 
     settings = load_settings()
+    if worker is not None:
+        settings = settings.model_copy(update={"worker": worker})
     module = importlib.import_module(f"tidegate.agents.{name}")
     runtime = module.build(settings)
-    worker = faust.Worker(runtime.app, loglevel=settings.log_level,
-                          logging_config=logging_config(settings), redirect_stdouts=False,
-                          override_logging=True, quiet=True)
-    worker.execute_from_commandline()
+    process = faust.Worker(runtime.app, loglevel=settings.log_level,
+                           logging_config=logging_config(settings), redirect_stdouts=False,
+                           override_logging=True, quiet=True)
+    process.execute_from_commandline()

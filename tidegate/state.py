@@ -1,0 +1,147 @@
+"""Per-partition keyed state backed by a compacted changelog topic.
+
+The feature stage keeps rolling per-account state. With the librdkafka reader it keeps it here
+rather than in a Faust table: writes become ordinary outputs of the batch (``Outgoing`` to the
+changelog, same partition number as the input partition), so they are delivered before the input
+offset is committed, and in exactly-once mode they ride in the batch's transaction. When a
+partition is assigned, its state is restored by reading that changelog partition from the start
+(committed records only); when it is revoked, its state is dropped.
+
+Memory is bounded: at most ``max_keys`` keys across partitions, the least recently used evicted
+first (an evicted account's next event is scored with imputed values and flagged ``no_state``,
+the same as a new account).
+
+Example::
+
+    store = ChangelogStore(config, topic="tidegate.feature.accounts")
+    store.restore([0, 1])                          # on assignment; forget() on revocation
+    state = store.get(0, "acct-1")
+    outgoing = store.put(0, "acct-1", {"n": 3})   # produce with the batch's outputs
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterable
+from typing import Any
+
+from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
+
+from tidegate.settings import ClientConfig
+
+__all__ = ["ChangelogStore", "StateWrite"]
+
+log = logging.getLogger("tidegate.state")
+
+StateWrite = tuple[str, bytes, bytes, int]  # topic, key, value, partition
+
+
+class ChangelogStore:
+    """Keyed JSON state per partition; restored from, and written to, a compacted topic."""
+
+    def __init__(self, config: ClientConfig, *, topic: str, max_keys: int = 200_000,
+                 restore_timeout: float = 60.0) -> None:
+        self.topic = topic
+        self._config = config
+        self._max_keys = max_keys
+        self._restore_timeout = restore_timeout
+        self._values: OrderedDict[tuple[int, str], Any] = OrderedDict()
+        self._call: dict[tuple[int, str], Any] = {}  # written by the running handler call
+        self._batch: dict[tuple[int, str], Any] = {}  # kept for the batch, not yet delivered
+        self.partitions: set[int] = set()
+        self.restored_records = 0
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def get(self, partition: int, key: str) -> Any:
+        """The value of ``key`` in ``partition``, or None; staged writes first."""
+        where = (partition, key)
+        if where in self._call:
+            return self._call[where]
+        if where in self._batch:
+            return self._batch[where]
+        value = self._values.get(where)
+        if value is not None:
+            self._values.move_to_end(where)
+        return value
+
+    def put(self, partition: int, key: str, value: Any) -> StateWrite:
+        """Stage ``key``'s new value; returns the changelog write to produce with the outputs.
+
+        Staged (``tidegate.stage.Staged``): it counts once the batch is delivered (``commit``),
+        so a batch retried message by message does not apply its events twice.
+        """
+        self._call[(partition, key)] = value
+        return (self.topic, key.encode(), json.dumps(value, separators=(",", ":")).encode(),
+                partition)
+
+    def keep(self) -> None:
+        self._batch.update(self._call)
+        self._call.clear()
+
+    def drop(self) -> None:
+        self._call.clear()
+
+    def commit(self) -> None:
+        self.keep()
+        for (partition, key), value in self._batch.items():
+            if partition in self.partitions:  # not revoked meanwhile
+                self._set(partition, key, value)
+        self._batch.clear()
+
+    def _set(self, partition: int, key: str, value: Any) -> None:
+        self._values[(partition, key)] = value
+        self._values.move_to_end((partition, key))
+        while len(self._values) > self._max_keys:
+            self._values.popitem(last=False)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Forget the state of revoked partitions."""
+        gone = set(partitions)
+        self.partitions -= gone
+        for key in [k for k in self._values if k[0] in gone]:
+            del self._values[key]
+
+    def restore(self, partitions: Iterable[int]) -> None:
+        """Read each partition's changelog from the start to its end (committed records)."""
+        wanted = sorted(set(partitions) - self.partitions)
+        if not wanted:
+            return
+        began = time.monotonic()
+        consumer = Consumer({**self._config, "group.id": f"{self.topic}-restore",
+                             "enable.auto.commit": False, "enable.partition.eof": True,
+                             "isolation.level": "read_committed", "log_level": 3})
+        try:
+            pending = set(wanted)
+            consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in wanted])
+            read = 0
+            while pending:
+                if time.monotonic() - began > self._restore_timeout:
+                    raise TimeoutError(f"restoring {self.topic} partitions {sorted(pending)} "
+                                       f"took over {self._restore_timeout:.0f} s")
+                for message in consumer.consume(1000, 0.5):
+                    error = message.error()
+                    if error is not None:
+                        if error.code() == KafkaError._PARTITION_EOF:
+                            pending.discard(message.partition() or 0)
+                            continue
+                        raise RuntimeError(f"restoring {self.topic}: {error.str()}")
+                    key, value = message.key(), message.value()
+                    if key is None:
+                        continue
+                    partition = message.partition() or 0
+                    if value is None:  # a tombstone
+                        self._values.pop((partition, key.decode()), None)
+                    else:
+                        self._set(partition, key.decode(), json.loads(value))
+                    read += 1
+        finally:
+            consumer.close()
+        self.partitions.update(wanted)
+        self.restored_records += read
+        log.info("restored %d state records of partitions %s in %.2f s", read, wanted,
+                 time.monotonic() - began)
