@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -12,8 +12,9 @@ from tidegate.batches import envelope_source
 from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.deadletter import DeadLetter
 from tidegate.features import FEATURE_NAMES
-from tidegate.inference import Path, ScoringChain, predictions
+from tidegate.inference import Path, PrimarySwitch, ScoringChain, predictions
 from tidegate.registry import ModelRegistry
+from tidegate.scoring import ModelScorer
 from tidegate.settings import Settings
 from tidegate.stage import Outgoing, StageRuntime
 
@@ -29,17 +30,33 @@ def build(settings: Settings) -> StageRuntime:
     runtime = StageRuntime(STAGE, settings)
     assert runtime.topics.sink is not None
     sink_name = runtime.name(runtime.topics.sink)
-    chain = ScoringChain.from_registry(ModelRegistry(settings.registry_dir))
-    chain.breakers = _breakers(runtime, settings)
+    registry = ModelRegistry(settings.registry_dir)
+    chain = ScoringChain.from_registry(registry)
+    new_breaker = _breakers(runtime, settings)
+    chain.breakers = {path: new_breaker(path) for path in ("primary", "fallback")}
     encode = runtime.codec.encoder("tidegate.Prediction", topic=sink_name)
     width = len(FEATURE_NAMES)
     size = 8 * width  # bytes of one float64 feature vector
     runtime.metrics.model_version = chain.primary.version if chain.primary else None
     steering = runtime.follow_control()
+
+    def on_switch(scorer: ModelScorer) -> None:
+        chain.breakers["primary"] = new_breaker("primary")  # a new model, a clean record
+        runtime.metrics.model_version = scorer.version
+        runtime.emit_health_soon()
+
+    def on_error(version: str, exc: Exception) -> None:
+        runtime.metrics.record_error()
+        runtime.metrics.extra["model_error"] = f"{version}: {exc}"[:200]
+
+    # a version pinned by a promote or rollback command (recovered from the control topic)
+    switch = PrimarySwitch(registry, chain, on_switch=on_switch, on_error=on_error)
+    switch.switch_now(steering.mode)
     skips: dict[str | None, tuple[Path, ...]] = {
         "fallback": ("primary",), "static": ("primary", "fallback")}
 
     async def score_features(events: Sequence[Any]) -> list[Outgoing]:
+        switch.refresh(steering.mode)  # cheap; a newly pinned model loads in a thread meanwhile
         unpacked, dead = runtime.unpack_batches(events)
         envelopes: list[dict[str, Any]] = []
         for _, envelope in unpacked:
@@ -70,12 +87,12 @@ def build(settings: Settings) -> StageRuntime:
                                          latencies_ms=[r["latency_ms"] for r in records])
         return out + runtime.dead_letters(dead)
 
-    runtime.run_batches(score_features, name="score_features")
+    runtime.consume(score_features, name="score_features")
     return runtime
 
 
-def _breakers(runtime: StageRuntime, settings: Settings) -> dict[str, CircuitBreaker]:
-    """A breaker per model link; every transition is logged and sent as a health event now."""
+def _breakers(runtime: StageRuntime, settings: Settings) -> Callable[[str], CircuitBreaker]:
+    """Makes a breaker for a model link; every transition is logged and sent as health now."""
     config = BreakerConfig(
         failure_rate_threshold=0.5, slow_call_rate_threshold=0.5,
         slow_call_duration=settings.breaker_slow_call_seconds, window="count", window_size=20,
@@ -88,8 +105,9 @@ def _breakers(runtime: StageRuntime, settings: Settings) -> dict[str, CircuitBre
         log.warning("breaker %s: %s -> %s (%s)", breaker.name, old, new, reason)
         runtime.emit_health_soon()
 
-    breakers = {path: CircuitBreaker(f"model:{path}", config, listeners=[on_change])
-                for path in ("primary", "fallback")}
-    for breaker in breakers.values():
+    def make(path: str) -> CircuitBreaker:
+        breaker = CircuitBreaker(f"model:{path}", config, listeners=[on_change])
         runtime.metrics.breakers[breaker.name] = str(breaker.state)
-    return breakers
+        return breaker
+
+    return make

@@ -1,14 +1,19 @@
-"""Fault injection for chaos drills: a model that fails or turns slow on an operator's word.
+"""Fault injection for chaos drills: a model that fails, turns slow, or is simply wrong.
 
 ``FaultyModel`` wraps a fitted classifier. While the file ``switch`` holds ``fail`` every call
 raises; while it holds ``slow <seconds>`` every call sleeps first; otherwise it answers as the
 model it wraps. Register it as a model version to rehearse what the breakers do in production.
 
+``InvertedModel`` answers without failing but backwards (``1 - p``): a bad release that no
+breaker notices. :func:`register_bad_version` registers one as a candidate, to rehearse the
+shadow check refusing it, or (forced) a rollback.
+
 Example::
 
-    faulty = FaultyModel(registry.load("fraud-primary", "v1"), switch=Path("/tmp/model.fault"))
+    faulty = FaultyModel(registry.load("fraud-primary", "v1"), switch=Path("model.fault"))
     registry.promote("fraud-primary", register_like(registry, "fraud-primary", faulty).version)
-    Path("/tmp/model.fault").write_text("fail")      # the breaker opens; fallback answers
+    Path("model.fault").write_text("fail")            # the breaker opens; fallback answers
+    bad = register_bad_version(registry, "fraud-primary")   # its shadow check fails
 """
 
 from __future__ import annotations
@@ -21,7 +26,7 @@ import numpy as np
 
 from tidegate.registry import ModelRegistry, ModelVersion
 
-__all__ = ["FaultyModel", "register_like"]
+__all__ = ["FaultyModel", "InvertedModel", "register_bad_version", "register_like"]
 
 
 class FaultyModel:
@@ -52,3 +57,27 @@ def register_like(registry: ModelRegistry, name: str, model: object) -> ModelVer
                              feature_names=current.feature_names, threshold=current.threshold,
                              reference=current.reference, parent=current.version,
                              params={**current.params, "fault_injection": True})
+
+
+class InvertedModel:
+    """A classifier whose probabilities are swapped: fraud looks legitimate and vice versa."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.classes_ = model.classes_
+
+    def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
+        proba = np.asarray(self.model.predict_proba(matrix))
+        return proba[:, ::-1].copy()  # binary: each class gets the other's probability, 1 - p
+
+
+def register_bad_version(registry: ModelRegistry, name: str) -> ModelVersion:
+    """Register an inverted copy of ``name``'s production version as a candidate (a drill).
+
+    >>> bad = register_bad_version(registry, "fraud-primary")
+    >>> shadow_check(registry, "fraud-primary", bad.version).passed
+    False
+    """
+    current = registry.require_production(name)
+    bad = InvertedModel(registry.load(name, current.version))
+    return register_like(registry, name, bad)

@@ -1,31 +1,40 @@
-"""Inference logic without Faust: the fallback chain and prediction records.
+"""Inference logic without Faust: the fallback chain, the served model, prediction records.
 
 The chain tries the primary model, then the fallback model, then a static answer, and says
 which path produced each batch. The breakers of a later layer decide which links to skip.
+:class:`PrimarySwitch` keeps the primary on the version a promote or rollback command pinned
+(else the registry's production version) and applies a threshold command to it.
 
 Example::
 
     chain = ScoringChain.from_registry(ModelRegistry(root))
     result = chain.score(matrix)          # ScoreResult(scores, path="primary", ...)
+    switch = PrimarySwitch(registry, chain)
+    version = switch.sync(mode)           # per batch: None, or a newly pinned version to load
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
 
 from tidegate.breaker import BreakerOpenError, CircuitBreaker
+from tidegate.control import StageMode
 from tidegate.errors import ScoringError
 from tidegate.registry import ModelRegistry
 from tidegate.scoring import ModelScorer, Scorer, StaticScorer
 from tidegate.training import FALLBACK, PRIMARY
 
-__all__ = ["Path", "ScoreResult", "ScoringChain", "predictions", "shed_predictions"]
+__all__ = [
+    "Path", "PrimarySwitch", "ScoreResult", "ScoringChain", "pinned_version", "predictions",
+    "shed_predictions",
+]
 
 log = logging.getLogger("tidegate.inference")
 
@@ -84,6 +93,98 @@ class ScoringChain:
             except ScoringError as exc:
                 log.warning("%s scorer failed, falling back: %s", path, exc)
         return ScoreResult(self.static.score(matrix), "static", self.static.version, 1.0)
+
+
+def pinned_version(mode: StageMode, name: str = PRIMARY) -> str | None:
+    """The version of ``name`` the newest promote/rollback command pinned, or None."""
+    last = mode.last.get("model")
+    named = last["parameters"].get("model", name) if last is not None else name
+    return mode.model_version if named == name else None
+
+
+class PrimarySwitch:
+    """Keeps ``chain.primary`` on the pinned version, loading it outside the batch path.
+
+    A version that cannot be loaded is logged, counted through ``on_error`` and retried after
+    ``retry_after`` seconds; the current model goes on serving meanwhile.
+    """
+
+    def __init__(self, registry: ModelRegistry, chain: ScoringChain, *, name: str = PRIMARY,
+                 retry_after: float = 30.0,
+                 on_switch: Callable[[ModelScorer], None] = lambda scorer: None,
+                 on_error: Callable[[str, Exception], None] = lambda version, exc: None,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self.registry, self.chain, self.name = registry, chain, name
+        primary = chain.primary
+        self.served = primary.model_version.version if isinstance(primary, ModelScorer) else None
+        self.threshold = chain.primary_threshold  # the served model's own
+        self.override: float | None = None  # an operator's, from a threshold command
+        self.retry_after, self.on_switch, self.on_error, self._clock = (
+            retry_after, on_switch, on_error, clock)
+        self._failed: dict[str, float] = {}  # version -> when it may be tried again
+        self._loading: asyncio.Future[ModelScorer] | None = None
+
+    def sync(self, mode: StageMode) -> str | None:
+        """Cheap, per batch: apply the threshold command; return a pinned version to load."""
+        self.override = mode.threshold
+        self.chain.primary_threshold = self.override if self.override is not None else (
+            self.threshold)
+        wanted = pinned_version(mode, self.name)
+        if wanted is None or wanted == self.served:
+            return None
+        if self._clock() < self._failed.get(wanted, float("-inf")):
+            return None
+        return wanted
+
+    def load(self, version: str) -> ModelScorer:
+        """The slow part: read, verify and unpickle ``version`` (safe in a worker thread)."""
+        return ModelScorer.from_registry(self.registry, self.name, version)
+
+    def install(self, scorer: ModelScorer) -> None:
+        """Serve ``scorer`` from the next batch on."""
+        self.chain.primary, self.threshold = scorer, scorer.threshold
+        self.chain.primary_threshold = self.override if self.override is not None else (
+            scorer.threshold)
+        self.served = scorer.model_version.version
+        self._failed.pop(self.served, None)
+        log.warning("serving %s (threshold %.4f)", scorer.version, scorer.threshold)
+        self.on_switch(scorer)
+
+    def failed(self, version: str, exc: Exception) -> None:
+        """Keep the current model; try ``version`` again after ``retry_after`` seconds."""
+        self._failed[version] = self._clock() + self.retry_after
+        log.error("cannot serve %s %s, still serving %s: %s", self.name, version,
+                  self.served, exc)
+        self.on_error(version, exc)
+
+    def switch_now(self, mode: StageMode) -> None:
+        """Load and install a pinned version in this thread (at start, before any batch)."""
+        version = self.sync(mode)
+        if version is not None:
+            try:
+                self.install(self.load(version))
+            except Exception as exc:  # noqa: BLE001 -- a bad pin must not stop the stage
+                self.failed(version, exc)
+
+    def refresh(self, mode: StageMode) -> None:
+        """Per batch, in the event loop: start loading a newly pinned version in a thread;
+        the batch goes on with the current model and the new one serves once loaded."""
+        version = self.sync(mode)
+        if version is None or self._loading is not None:
+            return
+        self._loading = asyncio.get_running_loop().run_in_executor(None, self.load, version)
+
+        def done(future: asyncio.Future[ModelScorer]) -> None:
+            self._loading = None
+            if future.cancelled():  # the stage is stopping
+                return
+            exc = future.exception()
+            if exc is None:
+                self.install(future.result())
+            elif isinstance(exc, Exception):
+                self.failed(version, exc)
+
+        self._loading.add_done_callback(done)
 
 
 def predictions(envelopes: Sequence[dict[str, Any]], result: ScoreResult,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -13,11 +15,22 @@ from sklearn.linear_model import LogisticRegression
 
 from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.codec import Codec
+from tidegate.control import StageMode, command
 from tidegate.errors import ScoringError
 from tidegate.features import FEATURE_NAMES
-from tidegate.inference import Path, ScoreResult, ScoringChain, predictions
-from tidegate.registry import ModelVersion
+from tidegate.inference import (
+    Path as ChainPath,
+)
+from tidegate.inference import (
+    PrimarySwitch,
+    ScoreResult,
+    ScoringChain,
+    pinned_version,
+    predictions,
+)
+from tidegate.registry import ModelRegistry, ModelVersion
 from tidegate.scoring import ModelScorer, Scorer, StaticScorer
+from tidegate.training import FALLBACK, PRIMARY
 
 pytestmark = pytest.mark.unit
 
@@ -101,7 +114,7 @@ def test_skip_passes_over_links_without_calling_them() -> None:
     result = scoring.score(MATRIX, skip=("primary",))
     assert (result.path, result.version) == ("fallback", "f:v1")
     assert primary.calls == 0
-    both: tuple[Path, ...] = ("primary", "fallback")
+    both: tuple[ChainPath, ...] = ("primary", "fallback")
     assert scoring.score(MATRIX, skip=both).path == "static"
     assert (primary.calls, fallback.calls) == (0, 1)
 
@@ -237,3 +250,109 @@ def test_an_open_breaker_skips_the_primary_then_probes_and_closes() -> None:
     now[0] = 6.0  # past wait_duration: half-open lets trial calls through
     assert [scoring.score(MATRIX).path for _ in range(3)] == ["primary"] * 3
     assert scoring.breakers["primary"].state == State.CLOSED
+
+
+# --- the served primary: pinned by promote/rollback commands, threshold by command -----------
+
+
+@pytest.fixture
+def switch_registry(tmp_path: Path) -> ModelRegistry:
+    """Primary v1 (production) and v2 (candidate, scores differently), fallback v1."""
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(300, WIDTH))
+    y = (x[:, 0] > 0).astype(int)
+    registry = ModelRegistry(tmp_path / "models")
+    for name, weight, threshold in ((PRIMARY, 1.0, 0.6), (PRIMARY, -1.0, 0.3),
+                                    (FALLBACK, 1.0, 0.5)):
+        model = LogisticRegression(max_iter=500).fit(weight * x, y)
+        mv = registry.register(name, model, metrics={}, feature_names=FEATURE_NAMES,
+                               threshold=threshold, reference={})
+        if mv.version == "v1":
+            registry.promote(name, "v1")
+    return registry
+
+
+def _mode(*records: dict[str, Any]) -> StageMode:
+    mode = StageMode(stage="inference")
+    for record in records:
+        mode.apply(record)
+    return mode
+
+
+def _pin(action: str, version: str, **extra: str) -> dict[str, Any]:
+    return command("inference", action, parameters={"version": version, **extra},
+                   reason="test", issuer="t")
+
+
+def test_pinned_version_follows_the_newest_model_command_for_the_served_model() -> None:
+    assert pinned_version(_mode()) is None
+    assert pinned_version(_mode(_pin("promote", "v2"))) == "v2"
+    assert pinned_version(_mode(_pin("promote", "v2"), _pin("rollback", "v1"))) == "v1"
+    assert pinned_version(_mode(_pin("promote", "v2", model=PRIMARY))) == "v2"
+    assert pinned_version(_mode(_pin("promote", "v2", model=FALLBACK))) is None
+
+
+def test_the_switch_serves_the_pinned_version_and_the_threshold_command(
+        switch_registry: ModelRegistry) -> None:
+    scoring = ScoringChain.from_registry(switch_registry)
+    switched: list[str] = []
+    switch = PrimarySwitch(switch_registry, scoring, on_switch=lambda s: switched.append(s.version))
+    assert switch.served == "v1" and switch.sync(_mode()) is None
+    matrix = np.random.default_rng(3).normal(size=(4, WIDTH))
+    before = scoring.score(matrix)
+    switch.switch_now(_mode(_pin("promote", "v2")))
+    after = scoring.score(matrix)
+    assert switched == [f"{PRIMARY}:v2"] and switch.served == "v2"
+    assert (before.version, after.version) == (f"{PRIMARY}:v1", f"{PRIMARY}:v2")
+    assert (before.threshold, after.threshold) == (0.6, 0.3)
+    assert not np.allclose(before.scores, after.scores)
+    threshold = command("inference", "threshold", parameters={"value": "0.45"}, reason="t",
+                        issuer="t")
+    mode = _mode(_pin("promote", "v2"), threshold)
+    assert switch.sync(mode) is None and scoring.score(matrix).threshold == 0.45
+    records = predictions(envelopes(4), scoring.score(matrix), ["a"] * 4)
+    assert {(r["model_version"], r["threshold"]) for r in records} == {(f"{PRIMARY}:v2", 0.45)}
+    switch.switch_now(_mode(_pin("promote", "v2"), _pin("rollback", "v1"), threshold))
+    assert scoring.score(matrix).version == f"{PRIMARY}:v1"
+    assert scoring.score(matrix).threshold == 0.45  # an operator's threshold outlives a switch
+    assert scoring.score(matrix, skip=("primary",)).threshold == 0.5  # not the fallback's
+
+
+def test_a_missing_version_keeps_the_current_model_counts_an_error_and_retries_later(
+        switch_registry: ModelRegistry) -> None:
+    scoring = ScoringChain.from_registry(switch_registry)
+    now = [0.0]
+    errors: list[str] = []
+    switch = PrimarySwitch(switch_registry, scoring, retry_after=30.0, clock=lambda: now[0],
+                           on_error=lambda version, exc: errors.append(version))
+    mode = _mode(_pin("promote", "v9"))
+    switch.switch_now(mode)
+    assert errors == ["v9"] and switch.served == "v1"
+    assert scoring.score(np.zeros((2, WIDTH))).version == f"{PRIMARY}:v1"
+    assert switch.sync(mode) is None, "retried at once instead of after retry_after"
+    now[0] = 31.0
+    assert switch.sync(mode) == "v9"
+
+
+def test_refresh_loads_in_a_thread_while_the_current_model_goes_on_serving(
+        switch_registry: ModelRegistry) -> None:
+    scoring = ScoringChain.from_registry(switch_registry)
+    errors: list[str] = []
+    switch = PrimarySwitch(switch_registry, scoring,
+                           on_error=lambda version, exc: errors.append(version))
+    matrix = np.zeros((2, WIDTH))
+
+    async def batches(mode: StageMode) -> list[str]:
+        served = []
+        for _ in range(200):
+            switch.refresh(mode)  # one load at a time, however many batches ask
+            served.append(scoring.score(matrix).version)
+            await asyncio.sleep(0.01)
+            if served[-1] != served[0]:
+                break
+        return served
+
+    served = asyncio.run(batches(_mode(_pin("promote", "v2"))))
+    assert served[0] == f"{PRIMARY}:v1" and served[-1] == f"{PRIMARY}:v2"
+    served = asyncio.run(batches(_mode(_pin("promote", "v7"))))
+    assert set(served) == {f"{PRIMARY}:v2"} and errors == ["v7"]

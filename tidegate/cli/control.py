@@ -1,20 +1,23 @@
-"""``tidegate control ...``: degrade, restore, pause, resume and shed, each with a reason."""
+"""``tidegate control ...``: degrade, restore, pause, resume, shed and threshold, with a reason.
+
+Example::
+
+    tidegate control threshold 0.35 --reason "fewer missed frauds this week"
+"""
 
 from __future__ import annotations
 
 import getpass
-import json
 
 import click
-from confluent_kafka import Producer
 
 from tidegate.cluster import client_config
 from tidegate.codec import Codec
-from tidegate.control import command, command_key
-from tidegate.errors import BrokerError
+from tidegate.control import command
+from tidegate.lifecycle import issue_command
 from tidegate.reading import read_topic
 from tidegate.settings import load_settings
-from tidegate.topics import CATALOG, by_key
+from tidegate.topics import by_key
 
 __all__ = ["control"]
 
@@ -28,23 +31,9 @@ def control() -> None:
 
 
 def _issue(target: str, action: str, reason: str, **parameters: str) -> None:
-    settings = load_settings()
     record = command(target, action, parameters=parameters, reason=reason,
                      issuer=getpass.getuser())
-    codec = Codec(registry_url=settings.schema_registry_url)
-    topic = by_key("control").name(settings.topic_prefix)
-    producer = Producer(client_config(settings, acks="all", log_level=3))
-    failures: list[str] = []
-    producer.produce(topic, key=command_key(record), value=codec.encode(
-        "tidegate.ControlCommand", record, topic=topic),
-        on_delivery=lambda err, _m: failures.append(str(err)) if err else None)
-    audit = next((spec for spec in CATALOG if spec.key == "audit"), None)
-    if audit is not None:  # the control topic is compacted; the audit topic keeps every command
-        producer.produce(audit.name(settings.topic_prefix), key=b"control",
-                         value=json.dumps({"kind": "control", **record}).encode())
-    if producer.flush(15) or failures:
-        why = failures[0] if failures else "timeout"
-        raise BrokerError(f"the command was not delivered: {why}")
+    issue_command(load_settings(), record)
     details = " ".join(f"{k}={v}" for k, v in parameters.items())
     click.echo(f"{action} {target} {details}".rstrip() + f" (id {record['id']})")
 
@@ -89,6 +78,15 @@ def resume(stage: str, reason: str) -> None:
 def shed(share: float, reason: str) -> None:
     """Shed load at ingest: a sampled share of events gets a shed prediction, not a model."""
     _issue("ingest", "shed", reason, share=f"{share:g}")
+
+
+@control.command()
+@click.argument("value", type=click.FloatRange(0, 1))
+@_REASON
+def threshold(value: float, reason: str) -> None:
+    """Flag predictions of the primary model at score >= VALUE instead of the model's own
+    threshold (the fallback keeps its own: its scores are calibrated differently)."""
+    _issue("inference", "threshold", reason, value=f"{value:g}")
 
 
 @control.command(name="ls")

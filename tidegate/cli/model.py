@@ -1,4 +1,11 @@
-"""``tidegate model train|ls``: the example models in the file-based registry."""
+"""``tidegate model train|ls|promote|rollback``: versions in the file-based registry.
+
+Example::
+
+    tidegate model train --candidate --seed 8           # new versions wait as candidates
+    tidegate model promote fraud-primary v2 --reason "retrained"    # shadow check first
+    tidegate model rollback fraud-primary --reason "alert rate doubled"
+"""
 
 from __future__ import annotations
 
@@ -6,34 +13,63 @@ import time
 
 import click
 
-from tidegate.registry import ModelRegistry
+from tidegate.lifecycle import (
+    SHADOW_EVENTS,
+    PromotionRefusedError,
+    Sample,
+    Tolerances,
+    promote,
+    rollback,
+    train_candidates,
+)
+from tidegate.registry import ModelRegistry, ModelVersion
 from tidegate.settings import load_settings
 
 __all__ = ["model"]
 
+_REASON = click.option("--reason", required=True, help="Why: kept in the registry and audit.")
+_DEFAULTS = Tolerances()
+
 
 @click.group()
 def model() -> None:
-    """Train and list model versions."""
+    """Train, list, promote and roll back model versions."""
+
+
+def _describe(version: ModelVersion) -> str:
+    metrics = version.metrics
+    return (f"{version.name}:{version.version} {version.stage} "
+            f"roc_auc={metrics.get('roc_auc', float('nan')):.4f} "
+            f"average_precision={metrics.get('average_precision', float('nan')):.4f} "
+            f"threshold={version.threshold:.3f}")
 
 
 @model.command()
 @click.option("--events", type=click.IntRange(min=5000), default=60000, show_default=True,
               help="Generated events to train on.")
 @click.option("--seed", type=int, default=7, show_default=True)
-def train(events: int, seed: int) -> None:
+@click.option("--candidate", is_flag=True,
+              help="Register the new versions as candidates; production stays as it is.")
+@click.option("--bad", is_flag=True,
+              help="Drill: register an inverted copy of the production primary as a candidate "
+                   "(its shadow check fails; forced, it shows a rollback). Trains nothing.")
+def train(events: int, seed: int, candidate: bool, bad: bool) -> None:
     """Train the example primary (gradient boosting) and fallback (logistic regression)."""
-    from tidegate.training import train_example
-
     settings = load_settings()
     began = time.monotonic()
     registry = ModelRegistry(settings.registry_dir)
-    for version in train_example(registry, events=events, seed=seed):
-        metrics = version.metrics
-        click.echo(f"{version.name}:{version.version} {version.stage} "
-                   f"roc_auc={metrics['roc_auc']:.4f} "
-                   f"average_precision={metrics['average_precision']:.4f} "
-                   f"threshold={version.threshold:.3f}")
+    if bad:
+        from tidegate.faults import register_bad_version
+        from tidegate.training import PRIMARY
+
+        click.echo(_describe(register_bad_version(registry, PRIMARY)) + " (inverted: a drill)")
+        return
+    from tidegate.training import train_example
+
+    trained = (train_candidates(registry, events=events, seed=seed) if candidate
+               else train_example(registry, events=events, seed=seed))
+    for version in trained:
+        click.echo(_describe(version))
     click.echo(f"trained in {time.monotonic() - began:.1f} s into {settings.registry_dir}")
 
 
@@ -45,3 +81,53 @@ def ls() -> None:
         for version in registry.list(name):
             auc = version.metrics.get("roc_auc", float("nan"))
             click.echo(f"{name}:{version.version:6} {version.stage:10} roc_auc={auc:.4f}")
+
+
+@model.command(name="promote")
+@click.argument("name")
+@click.argument("version")
+@_REASON
+@click.option("--force", is_flag=True, help="Skip the shadow check (an emergency).")
+@click.option("--sample-events", type=click.IntRange(min=2000), default=SHADOW_EVENTS,
+              show_default=True, help="Generated, labelled events the shadow check scores.")
+@click.option("--max-auc-drop", type=click.FloatRange(0, 1), default=_DEFAULTS.max_auc_drop,
+              show_default=True, help="How far the candidate's ROC AUC may be below production.")
+@click.option("--max-accuracy-drop", type=click.FloatRange(0, 1),
+              default=_DEFAULTS.max_accuracy_drop, show_default=True,
+              help="How far its accuracy at its own threshold may be below production.")
+@click.option("--min-agreement", type=click.FloatRange(0, 1), default=_DEFAULTS.min_agreement,
+              show_default=True, help="Share of events both models must decide alike.")
+@click.option("--max-score-psi", type=click.FloatRange(min=0), default=_DEFAULTS.max_score_psi,
+              show_default=True, help="How far the score distribution may move (PSI).")
+def promote_command(name: str, version: str, reason: str, force: bool, sample_events: int,
+                    max_auc_drop: float, max_accuracy_drop: float, min_agreement: float,
+                    max_score_psi: float) -> None:
+    """Promote VERSION of NAME after a shadow check.
+
+    The candidate scores a generated, labelled sample beside the production version and must
+    stay within the tolerances; running inference stages switch on the promote command."""
+    tolerances = Tolerances(max_auc_drop=max_auc_drop, max_accuracy_drop=max_accuracy_drop,
+                            min_agreement=min_agreement, max_score_psi=max_score_psi)
+    sample = None if force else Sample.example(events=sample_events)
+    try:
+        done = promote(load_settings(), name, version, reason=reason, force=force,
+                       tolerances=tolerances, sample=sample)
+    except PromotionRefusedError as exc:
+        click.echo("\n".join(exc.report.lines()))
+        raise
+    if done.report is not None:
+        click.echo("\n".join(done.report.lines()))
+    click.echo(f"{name}:{done.version.version} is production" + (
+        f"; inference switches (command {done.command['id']})" if done.command
+        else "; inference serves it from its next start"))
+
+
+@model.command(name="rollback")
+@click.argument("name")
+@_REASON
+def rollback_command(name: str, reason: str) -> None:
+    """Return NAME to its last good version and switch inference to it."""
+    done = rollback(load_settings(), name, reason=reason)
+    click.echo(f"{name}: {done.previous} -> {done.version.version} is production" + (
+        f"; inference switches (command {done.command['id']})" if done.command
+        else "; inference serves it from its next start"))
