@@ -1,4 +1,4 @@
-"""monitoring: health events in; per-stage status served over HTTP.
+"""monitoring: health events in; per-stage status served over HTTP, with a status page.
 
 Prediction counts by path come from inference's health events rather than from reading every
 prediction: a Faust hop costs more per record than scoring it (see the benchmark).
@@ -7,25 +7,36 @@ prediction: a Faust hop costs more per record than scoring it (see the benchmark
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Sequence
 from typing import Any
 
 from tidegate.errors import CodecError
+from tidegate.page import status_page
 from tidegate.settings import Settings
 from tidegate.stage import Outgoing, StageRuntime
-from tidegate.status import StatusBoard
+from tidegate.status import History, StatusBoard
 
-__all__ = ["STAGE", "build"]
+__all__ = ["HISTORY_POINTS", "STAGE", "build"]
 
 STAGE = "monitoring"
+# 24 minutes of chart points at the default two-second health interval.
+HISTORY_POINTS = 720
 log = logging.getLogger("tidegate.monitoring")
 
 
 def build(settings: Settings) -> StageRuntime:
-    """The monitoring stage: ``health`` in; ``/status`` and ``/metrics`` out."""
+    """The monitoring stage: ``health`` in; the page (``/``), ``/status``, ``/history`` and
+    ``/metrics`` out."""
     runtime = StageRuntime(STAGE, settings)
     board = StatusBoard(stale_after=max(10.0, settings.health_interval * 5))
+    history = History(size=HISTORY_POINTS)
+    page = status_page()
     app = runtime.app
+
+    def snapshot() -> dict[str, Any]:
+        """What ``/status`` serves and the page reads; analytics add their keys here."""
+        return board.snapshot()
 
     async def watch_health(events: Sequence[Any]) -> list[Outgoing]:
         for event in events:
@@ -39,12 +50,40 @@ def build(settings: Settings) -> StageRuntime:
 
     runtime.run_batches(watch_health, name="watch_health")
 
+    async def record_history() -> None:
+        history.record(snapshot())
+
+    app.timer(settings.health_interval)(record_history)
+
+    @app.page("/")
+    async def index(web: Any, request: Any) -> Any:
+        return web.html(page)
+
+    @app.page("/status.html")
+    async def index_html(web: Any, request: Any) -> Any:
+        return web.html(page)
+
     @app.page("/status")
     async def status(web: Any, request: Any) -> Any:
-        return web.json(board.snapshot())
+        return web.json(snapshot())
+
+    @app.page("/history")
+    async def history_points(web: Any, request: Any) -> Any:
+        since = _since(request.query.get("since"))
+        return web.json({"size": history.size, "interval": settings.health_interval,
+                         "points": history.points(since=since)})
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
         return web.text(board.prometheus(), content_type="text/plain; version=0.0.4")
 
     return runtime
+
+
+def _since(value: str | None) -> float | None:
+    """The ``since`` query parameter; anything unreadable means the whole history."""
+    try:
+        since = float(value) if value else None
+    except ValueError:
+        return None
+    return since if since is not None and math.isfinite(since) else None

@@ -1,7 +1,8 @@
 """The status board monitoring keeps: per-stage health, dead letters by code, prediction paths.
 
 Served by the monitoring stage as JSON (``/status``) and Prometheus text (``/metrics``), and
-printed by ``tidegate status``.
+printed by ``tidegate status``. ``History`` keeps a bounded series of chart points (``/history``)
+computed from successive snapshots.
 
 Example::
 
@@ -13,11 +14,11 @@ Example::
 from __future__ import annotations
 
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["STAGE_ORDER", "StatusBoard"]
+__all__ = ["STAGE_ORDER", "History", "StatusBoard"]
 
 STAGE_ORDER = ("ingest", "validation", "feature", "inference", "monitoring")
 _TOTALS = ("records_in", "records_out", "dead_lettered", "errors")
@@ -116,3 +117,68 @@ class StatusBoard:
         lines += [f'tidegate_predictions_total{{path="{path}"}} {count}'
                   for path, count in sorted(snap["predictions"]["by_path"].items())]
         return "\n".join(lines) + "\n"
+
+
+class History:
+    """A ring buffer of chart points, one per status snapshot recorded.
+
+    A point holds the time, predictions and dead letters per second, p99 latency and lag of every
+    stage that is up, and the system crisis level (``None`` until monitoring reports one). A rate
+    is the growth of the totals over the last ``window`` points divided by the time between them
+    (``None`` for the first point and after the totals went back). Stages report in chunks on
+    their own timers, so a window of a few points keeps a steady stream from charting as a saw.
+
+    Example::
+
+        history = History(size=720)
+        history.record(board.snapshot(now=t0))
+        history.record(board.snapshot(now=t0 + 2.0))
+        history.points()[-1]["predictions_per_s"]    # e.g. 250.0
+    """
+
+    def __init__(self, *, size: int = 720, window: int = 3) -> None:
+        if size < 1 or window < 1:
+            raise ValueError(f"a history needs a size and a window of at least 1, not "
+                             f"{size} and {window}")
+        self.size = size
+        self._points: deque[dict[str, Any]] = deque(maxlen=size)
+        # (time, predictions, dead letters) of the newest points, the oldest the rate's base
+        self._totals: deque[tuple[float, int, int]] = deque(maxlen=window + 1)
+
+    def __len__(self) -> int:
+        return len(self._points)
+
+    def record(self, snapshot: Mapping[str, Any]) -> dict[str, Any]:
+        """Append the point of ``snapshot`` (a ``StatusBoard.snapshot()``) and return it."""
+        now = float(snapshot["time"])
+        stages: Mapping[str, Mapping[str, Any]] = snapshot.get("stages") or {}
+        predicted = int((snapshot.get("predictions") or {}).get("total", 0))
+        dead = sum(int(info.get("dead_lettered", 0)) for info in stages.values())
+        live = {stage: info for stage, info in stages.items() if info.get("state") == "up"}
+        crisis = snapshot.get("crisis")
+        level = crisis.get("system") if isinstance(crisis, Mapping) else None
+        if self._totals and (predicted < self._totals[-1][1] or dead < self._totals[-1][2]):
+            self._totals.clear()  # monitoring's board restarted: no rate spans the restart
+        self._totals.append((now, predicted, dead))
+        point = {
+            "time": now,
+            "predictions_per_s": self._rate(1),
+            "dead_letters_per_s": self._rate(2),
+            "latency_p99_ms": {stage: float(info.get("latency_p99_ms", 0.0))
+                               for stage, info in live.items()},
+            "lag": {stage: int(info.get("lag", 0)) for stage, info in live.items()},
+            "level": level if isinstance(level, str) else None,
+        }
+        self._points.append(point)
+        return point
+
+    def points(self, *, since: float | None = None) -> list[dict[str, Any]]:
+        """The points oldest first; with ``since``, only those recorded after that time."""
+        if since is None:
+            return list(self._points)
+        return [point for point in self._points if point["time"] > since]
+
+    def _rate(self, index: int) -> float | None:
+        base, newest = self._totals[0], self._totals[-1]
+        elapsed = newest[0] - base[0]
+        return round((newest[index] - base[index]) / elapsed, 3) if elapsed > 0 else None
