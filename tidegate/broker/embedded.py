@@ -194,7 +194,10 @@ def _free_port(exclude: list[int]) -> int:
 def _format_storage(jvm: list[str], properties: Path) -> None:
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
     result = subprocess.run(
-        [*jvm, "kafka.tools.StorageTool", "format", "-t", cluster_id, "-c", str(properties)],
+        # "--cluster-id=<id>": an id may start with "-", which a separate argument would turn
+        # into an unknown option (about one start in 32)
+        [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c",
+         str(properties)],
         capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
