@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -11,10 +12,11 @@ import numpy as np
 from tidegate.batches import envelope_source
 from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.deadletter import DeadLetter
-from tidegate.features import FEATURE_NAMES
+from tidegate.drift import DriftSketch
+from tidegate.features import DRIFT_EXEMPT, FEATURE_NAMES
 from tidegate.inference import Path, PrimarySwitch, ScoringChain, predictions
 from tidegate.registry import ModelRegistry
-from tidegate.scoring import ModelScorer
+from tidegate.scoring import ModelScorer, Scorer
 from tidegate.settings import Settings
 from tidegate.stage import Outgoing, StageRuntime
 
@@ -40,9 +42,13 @@ def build(settings: Settings) -> StageRuntime:
     runtime.metrics.model_version = chain.primary.version if chain.primary else None
     steering = runtime.follow_control()
 
+    drift = _DriftReport(chain.primary)
+    runtime.metrics.reporters.append(drift.report)
+
     def on_switch(scorer: ModelScorer) -> None:
         chain.breakers["primary"] = new_breaker("primary")  # a new model, a clean record
         runtime.metrics.model_version = scorer.version
+        drift.follow(scorer)
         runtime.emit_health_soon()
 
     def on_error(version: str, exc: Exception) -> None:
@@ -74,6 +80,8 @@ def build(settings: Settings) -> StageRuntime:
             joined = b"".join(env["feature_vector"] for env in envelopes)
             matrix = np.frombuffer(joined, dtype="<f8").reshape(len(envelopes), width)
             result = chain.score(matrix, skip=skips.get(steering.mode.degraded_to, ()))
+            if result.path == "primary":  # binned against the served model's reference
+                drift.add(matrix, result.scores)
             accounts = [env["account_id"] or None for env in envelopes]
             records = predictions(envelopes, result, accounts)
             out = [Outgoing(topic=sink_name, key=record["event_id"].encode(),
@@ -89,6 +97,38 @@ def build(settings: Settings) -> StageRuntime:
 
     runtime.consume(score_features, name="score_features")
     return runtime
+
+
+class _DriftReport:
+    """Bins the primary's inputs and scores against its reference, for monitoring's drift checks.
+
+    Health events carry the counts (``extra["drift"]``, JSON) and the version they were binned
+    for (``extra["drift_version"]``): a few hundred bytes per interval instead of every vector.
+    """
+
+    def __init__(self, scorer: Scorer | None) -> None:
+        self.sketch: DriftSketch | None = None
+        self.version: str | None = None
+        self.follow(scorer)
+
+    def follow(self, scorer: Scorer | None) -> None:
+        reference = {name: bins for name, bins in scorer.model_version.reference.items()
+                     if name not in DRIFT_EXEMPT} if isinstance(scorer, ModelScorer) else {}
+        self.sketch = DriftSketch(reference, FEATURE_NAMES) if reference else None
+        self.version = scorer.version if self.sketch is not None and scorer else None
+
+    def add(self, matrix: np.ndarray, scores: np.ndarray) -> None:
+        if self.sketch is not None:
+            self.sketch.add(matrix, scores)
+
+    def report(self) -> dict[str, str]:
+        if self.sketch is None or self.version is None:
+            return {}
+        counts = self.sketch.take()
+        if not counts["n"]:
+            return {}
+        return {"drift": json.dumps(counts, separators=(",", ":")),
+                "drift_version": self.version}
 
 
 def _breakers(runtime: StageRuntime, settings: Settings) -> Callable[[str], CircuitBreaker]:

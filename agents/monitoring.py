@@ -1,7 +1,8 @@
-"""monitoring: health events in; per-stage status served over HTTP, with a status page.
+"""monitoring: health events in; status, alerts, crisis levels and automatic commands out.
 
-Prediction counts by path come from inference's health events rather than from reading every
-prediction: a Faust hop costs more per record than scoring it (see the benchmark).
+Prediction counts by path come from inference's health events; predictions are read (with a
+librdkafka batch reader) only to join them with labels for online accuracy. The analysis lives
+in tidegate.analyst, its inputs and outputs in tidegate.oversight.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from tidegate.errors import CodecError
+from tidegate.oversight import Oversight
 from tidegate.page import status_page
 from tidegate.settings import Settings
 from tidegate.stage import Outgoing, StageRuntime
@@ -33,15 +35,13 @@ def build(settings: Settings) -> StageRuntime:
     history = History(size=HISTORY_POINTS)
     page = status_page()
     app = runtime.app
-
-    def snapshot() -> dict[str, Any]:
-        """What ``/status`` serves and the page reads; analytics add their keys here."""
-        return board.snapshot()
+    oversight = Oversight(runtime, board)
+    snapshot = oversight.snapshot  # what /status serves and the page reads
 
     async def watch_health(events: Sequence[Any]) -> list[Outgoing]:
         for event in events:
             try:
-                board.on_health(runtime.codec.decode(event.message.value))
+                oversight.on_health(runtime.codec.decode(event.message.value))
             except CodecError as exc:  # nothing to dead-letter to: count it and go on
                 runtime.metrics.record_error()
                 log.warning("unreadable health event: %s", exc)
@@ -51,6 +51,10 @@ def build(settings: Settings) -> StageRuntime:
     runtime.run_batches(watch_health, name="watch_health")
 
     async def record_history() -> None:
+        try:
+            await oversight.assess()
+        except Exception:  # the next interval tries again; status stays served
+            log.exception("assessment failed")
         history.record(snapshot())
 
     app.timer(settings.health_interval)(record_history)

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tidegate.alerting import Finding
+from tidegate.alerting import Finding, Severity
 
 __all__ = ["SCORE", "DriftMonitor", "DriftSketch", "drift_finding", "ks_binned", "psi"]
 
@@ -259,14 +259,22 @@ class DriftMonitor:
 
 def drift_finding(report: Mapping[str, Any], version: str, *,
                   stage: str = "inference") -> Finding | None:  # fmt: skip
-    """A warning finding naming what drifted in a :meth:`DriftMonitor.report`, or None."""
+    """A finding naming what drifted in a :meth:`DriftMonitor.report`, or None.
+
+    Input features that drifted make it a warning. The score alone makes it info (shown, not
+    raising the crisis level): the score also moves with the per-account history a pipeline has
+    built, so a freshly started pipeline's scores differ from the training reference by design.
+    """
     drifted: list[str] = report["drifted"]
     if not drifted:
         return None
+    severity: Severity = "info" if drifted == [SCORE] else "warning"
     stats = {**report["features"], SCORE: report["score"]}
     details = {"version": version, "events": str(report["events"]), "drifted": ",".join(drifted),
                "severe": ",".join(report["severe"]),
                **{f"psi.{name}": f"{stats[name]['psi']:.4f}" for name in drifted[:20]}}
-    return Finding(f"{stage}/drift", "warning", stage, "drift",
+    return Finding(f"{stage}/drift", severity, stage, "drift",
+                   f"{stage}: the score distribution moved from the {version} reference"
+                   if severity == "info" else
                    f"{stage}: {len(drifted)} inputs drifted from the {version} reference: "
                    f"{', '.join(drifted[:5])}", details)  # fmt: skip

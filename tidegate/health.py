@@ -14,7 +14,7 @@ import random
 import socket
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
@@ -39,6 +39,8 @@ class StageMetrics:
         self.pause_reason: str | None = None
         self.model_version: str | None = None
         self.extra: dict[str, str] = {}
+        # called at each snapshot; their entries go into that event's extra only (drift counts)
+        self.reporters: list[Callable[[], Mapping[str, str]]] = []
         self.totals: Counter[str] = Counter()
         self._reset(time.monotonic())
 
@@ -112,7 +114,8 @@ class StageMetrics:
             "latency_p99_ms": float(p99), "lag": lag, "mode": self.mode,
             "breakers": dict(self.breakers), "paused": self.paused,
             "pause_reason": self.pause_reason, "model_version": self.model_version,
-            "extra": {**self.extra, **{k: str(v) for k, v in self.counters.items()}},
+            "extra": {**self.extra, **{k: str(v) for k, v in self.counters.items()},
+                      **{k: v for report in self.reporters for k, v in report().items()}},
         }
         self._reset(now)
         return event

@@ -97,6 +97,9 @@ class Settings(BaseSettings):
     breaker_slow_call_seconds: float = Field(default=1.0, gt=0)
     dedupe_window_seconds: float = Field(default=3600.0, gt=0)
     max_future_seconds: float = Field(default=300.0, ge=0)
+    auto_actions: bool = True
+    accuracy_min_labels: int = Field(default=500, ge=1, le=2000)
+    drift_min_events: int = Field(default=1000, ge=1)
 
     @field_validator("topic_prefix")
     @classmethod

@@ -127,6 +127,7 @@ def evaluate(labels: np.ndarray, scores: np.ndarray, threshold: float) -> dict[s
         "precision": precision,
         "recall": recall,
         "f1": 2 * precision * recall / max(precision + recall, 1e-12),
+        "accuracy": float(np.mean(flagged == labels)),
         "alert_rate": float(flagged.mean()),
     }
 

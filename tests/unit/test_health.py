@@ -114,3 +114,13 @@ def test_the_status_board_reads_decoded_health_events() -> None:
     info = board.snapshot(now=101.0)["stages"]["ingest"]
     assert (info["state"], info["records_in"], info["lag"]) == ("up", 7, 5)
     assert info["dead_letters_by_code"] == {"BAD_MAGIC": 1}
+
+
+def test_reporters_add_to_one_event_only() -> None:
+    metrics = StageMetrics(stage="inference", instance="host-1")
+    taken = iter([{"drift": "{}", "drift_version": "fraud-primary:v1"}, {}])
+    metrics.reporters.append(lambda: next(taken))
+    first = metrics.snapshot(lag=0)
+    second = metrics.snapshot(lag=0)
+    assert first["extra"]["drift_version"] == "fraud-primary:v1"  # type: ignore[index]
+    assert "drift" not in second["extra"]  # type: ignore[operator]

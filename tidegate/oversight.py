@@ -1,0 +1,145 @@
+"""What the monitoring stage does with what it reads: the analyst fed, alerts and commands sent.
+
+Monitoring reads health events (its Faust agent), and with librdkafka batch readers of their
+own the predictions and labels topics (for online accuracy, joined by event id) and the control
+topic (so an operator's command takes a condition out of monitoring's hands). Every health
+interval ``assess`` asks the :class:`~tidegate.analyst.Analyst` what changed, publishes alert
+transitions to the alerts topic and issues its control commands, each with the alert as its
+reason; a rollback goes through the model registry first (``tidegate.lifecycle.rollback``).
+
+Example::
+
+    oversight = Oversight(runtime, board)
+    oversight.on_health(record)
+    await oversight.assess()
+    oversight.snapshot()["crisis"]["system"]     # 'NORMAL'
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from tidegate.analyst import Analyst, AnalystConfig
+from tidegate.cluster import client_config
+from tidegate.errors import CodecError, TidegateError
+from tidegate.features import DRIFT_EXEMPT
+from tidegate.lifecycle import issue_command, rollback
+from tidegate.reader import BatchReader
+from tidegate.registry import ModelRegistry
+from tidegate.stage import Outgoing, StageRuntime
+from tidegate.status import StatusBoard
+from tidegate.topics import by_key
+from tidegate.training import PRIMARY
+
+__all__ = ["Oversight"]
+
+log = logging.getLogger("tidegate.monitoring")
+
+
+class Oversight:
+    """The monitoring stage's analyst, its extra inputs and its outputs."""
+
+    def __init__(self, runtime: StageRuntime, board: StatusBoard) -> None:
+        self.runtime, self.board = runtime, board
+        settings = runtime.settings
+        self.analyst = Analyst(AnalystConfig(min_labels=settings.accuracy_min_labels,
+                                             drift_min_events=settings.drift_min_events))
+        self.registry = ModelRegistry(settings.registry_dir)
+        self.served: str | None = None
+        self._alerts_topic = runtime.name(by_key("alerts"))
+        self._encode_alert = runtime.codec.encoder("tidegate.Alert", topic=self._alerts_topic)
+        self._follow("predictions", self.analyst.on_prediction)
+        self._follow("labels", self.analyst.on_label)
+        self._follow("control", self.analyst.on_command)
+        self.reference(None)
+
+    def _follow(self, key: str, on_record: Callable[[Mapping[str, Any]], None]) -> None:
+        """A task reading ``key``'s topic in batches with its own consumer group."""
+        runtime = self.runtime
+        topic = runtime.name(by_key(key))
+        reader = BatchReader(client_config(runtime.settings), topic=topic,
+                             group=f"{runtime.app.conf.id}-{key}")
+
+        async def follow() -> None:
+            try:
+                while not runtime.app.should_stop:
+                    events = await reader.next_batch(runtime.settings.batch_size, 0.5)
+                    for event in events:
+                        try:
+                            on_record(runtime.codec.decode(event.message.value or b""))
+                        except (CodecError, KeyError, TypeError, ValueError) as exc:
+                            runtime.metrics.record_error()  # one bad record: count it, go on
+                            log.warning("unreadable %s record: %s", key, exc)
+                    if events:
+                        reader.commit(events)
+            finally:
+                reader.close()
+
+        follow.__name__ = f"follow_{key}"
+        runtime.app.task(follow)
+
+    def on_health(self, record: Mapping[str, Any]) -> None:
+        now = time.time()
+        self.board.on_health(record, now=now)
+        self.analyst.on_health(record, now)
+        if record.get("stage") == "inference" and record.get("model_version") != self.served:
+            self.reference(record.get("model_version"))
+
+    def reference(self, served: str | None) -> None:
+        """Tell the analyst which version serves, its reference, baselines and previous."""
+        try:
+            versions = self.registry.list(PRIMARY)
+        except TidegateError as exc:  # no registry yet: nothing to compare against
+            log.info("no model reference: %s", exc)
+            return
+        name, _, number = (served or "").partition(":")
+        current = next((mv for mv in versions if name == PRIMARY and mv.version == number),
+                       None) or next((mv for mv in versions if mv.stage == "production"), None)
+        if current is None:
+            return
+        earlier = [mv for mv in versions if mv.version != current.version
+                   and mv.promoted_ms is not None and not mv.rolled_back]
+        previous = max(earlier, key=lambda mv: mv.promoted_ms or 0, default=None)
+        self.served = f"{PRIMARY}:{current.version}"
+        self.analyst.set_reference(
+            self.served, {name: bins for name, bins in current.reference.items()
+                          if name not in DRIFT_EXEMPT},
+            {f"{PRIMARY}:{mv.version}": mv.metrics["accuracy"] for mv in versions
+             if "accuracy" in mv.metrics},
+            previous_version=f"{PRIMARY}:{previous.version}" if previous else None)
+
+    async def assess(self) -> None:
+        """Publish alert transitions; issue the analyst's commands (unless auto actions are off)."""
+        runtime = self.runtime
+        assessment = self.analyst.assess(time.time())
+        if assessment.alerts:
+            await runtime.deliver([
+                Outgoing(topic=self._alerts_topic, key=alert.key.encode(),
+                         value=self._encode_alert(alert.to_record()))
+                for alert in assessment.alerts])
+        for record in assessment.commands:
+            if not runtime.settings.auto_actions:
+                log.warning("automatic actions are off; not issuing %s %s: %s",
+                            record["action"], record["target"], record["reason"])
+                continue
+            await asyncio.get_running_loop().run_in_executor(None, self._issue, record)
+
+    def _issue(self, record: Mapping[str, Any]) -> None:
+        try:
+            if record["action"] == "rollback":  # the registry first, then the pin
+                done = rollback(self.runtime.settings, PRIMARY, reason=record["reason"],
+                                issuer=record["issuer"])
+                log.warning("rolled %s back to %s", PRIMARY, done.version.version)
+            else:
+                issue_command(self.runtime.settings, record)
+        except TidegateError as exc:
+            log.error("could not issue %s %s: %s", record["action"], record["target"], exc)
+
+    def snapshot(self) -> dict[str, Any]:
+        """The board plus crisis levels, alerts, drift, accuracy and actions."""
+        now = time.time()
+        return {**self.board.snapshot(now=now), **self.analyst.snapshot(now)}
