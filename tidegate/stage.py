@@ -1,11 +1,12 @@
 """The runtime every stage shares: micro-batches in, outputs delivered, then offsets acked.
 
 A stage supplies one async handler from a batch of input events to the messages it must
-produce (next-stage batches, dead letters, predictions). The runtime:
+produce (next-stage batches, dead letters, predictions, state writes). The runtime:
 
-- takes micro-batches with ``take_events``, which acks a batch only when the loop asks for the
-  next one, i.e. after ``deliver`` has seen every output acknowledged by the broker (or, for a
-  public input topic, with ``BatchReader``, which commits a batch only after its delivery);
+- takes micro-batches with a librdkafka ``BatchReader`` (default), which commits a batch only
+  after its delivery, or in exactly-once mode commits outputs and offsets in one transaction;
+  or with Faust's ``take_events``, which acks a batch only when the loop asks for the next one,
+  i.e. after ``deliver`` has seen every output acknowledged by the broker;
 - holds its input while the stage is paused: by a control command, by the dead-letter-rate
   breaker, or by backpressure from the next stage (see ``Steering``);
 - never lets an exception reach Faust: a failing batch is retried message by message, and a
@@ -23,9 +24,8 @@ import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
-from typing import Any, Protocol
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import faust
 from confluent_kafka import TopicPartition
@@ -35,10 +35,11 @@ from tidegate.batches import envelope_source, unpack
 from tidegate.cluster import client_config
 from tidegate.codec import Codec
 from tidegate.control import StageMode
-from tidegate.deadletter import DeadLetter, SourceRecord
-from tidegate.delivery import Message, Outbox
+from tidegate.deadletter import DeadLetter
+from tidegate.delivery import Outbox
 from tidegate.errors import CodecError
 from tidegate.health import StageMetrics
+from tidegate.outputs import Deliver, Handler, Outgoing, Staged, messages, source_record
 from tidegate.reader import BatchReader
 from tidegate.settings import Settings
 from tidegate.steering import Steering
@@ -50,55 +51,6 @@ __all__ = ["EXIT_DELIVERY", "Outgoing", "StageRuntime", "Staged", "source_record
 log = logging.getLogger("tidegate.stage")
 
 EXIT_DELIVERY = 75  # EX_TEMPFAIL: outputs could not be delivered; restart and read again
-
-
-@dataclass(frozen=True, slots=True)
-class Outgoing:
-    """One message to produce."""
-
-    topic: str
-    value: bytes
-    key: bytes | None = None
-    partition: int | None = None
-    headers: Sequence[tuple[str, bytes | None]] | None = None
-
-
-Handler = Callable[[Sequence[Any]], Awaitable[list[Outgoing]]]
-Deliver = Callable[[Sequence[Outgoing]], Awaitable[None]]
-
-
-class Staged(Protocol):
-    """State a handler changes that must count only once the batch's outputs are delivered.
-
-    ``keep`` after a handler call returned, ``drop`` after it raised (the per-message retry
-    calls the handler again), ``commit`` after delivery. Ingest's de-duplication window and the
-    feature stage's state store are staged, so a retried batch neither reports its own events as
-    duplicates nor counts them twice.
-    """
-
-    def keep(self) -> None: ...
-
-    def drop(self) -> None: ...
-
-    def commit(self) -> None: ...
-
-
-def _messages(outgoing: Sequence[Outgoing]) -> list[Message]:
-    return [(item.topic, item.key, item.value, item.partition,
-             list(item.headers) if item.headers else None) for item in outgoing]
-
-
-def source_record(event: Any) -> SourceRecord:
-    """The input record behind a Faust event, with its raw key, value and headers."""
-    message = event.message
-    headers = message.headers
-    if isinstance(headers, dict):
-        headers = list(headers.items())
-    return SourceRecord(
-        topic=message.topic, partition=message.partition, offset=message.offset,
-        timestamp=int(message.timestamp * 1000) if message.timestamp else 0,
-        key=message.key, value=message.value or b"", headers=list(headers or []),
-    )
 
 
 class StageRuntime:
@@ -242,7 +194,7 @@ class StageRuntime:
                       offsets: Sequence[TopicPartition], reader: BatchReader) -> None:
         """One transaction: the batch's outputs and its input offsets; else exit, unacked."""
         try:
-            await outbox.commit(_messages(outgoing), offsets=offsets,
+            await outbox.commit(messages(outgoing), offsets=offsets,
                                 group_metadata=reader.group_metadata())
         except Exception as exc:  # noqa: BLE001 -- nothing committed: restart and read again
             log.critical("transaction not committed (%s); exiting to be restarted", exc)
@@ -332,7 +284,7 @@ class StageRuntime:
         return self._outbox
 
     async def _send_all(self, outgoing: Sequence[Outgoing]) -> None:
-        await self.outbox.send_all(_messages(outgoing))
+        await self.outbox.send_all(messages(outgoing))
 
     def lag(self) -> int:
         """Records waiting on the assigned input partitions (high watermark minus position)."""
