@@ -22,11 +22,14 @@ from aiokafka.partitioner import murmur2
 from tidegate.codec import Codec, Record
 from tidegate.deadletter import SourceRecord
 
-__all__ = ["BATCH_SCHEMA", "ages_ms", "envelope_source", "pack", "partition_for", "unpack"]
+__all__ = [
+    "BATCH_SCHEMA", "MAX_BATCH_BYTES", "MAX_BATCH_EVENTS", "ages_ms", "envelope_source", "pack",
+    "partition_for", "unpack",
+]
 
 BATCH_SCHEMA = "tidegate.internal.EventBatch"
-_MAX_EVENTS = 2000
-_MAX_BYTES = 512 * 1024  # the broker refuses messages over 1 MiB by default
+MAX_BATCH_EVENTS = 2000
+MAX_BATCH_BYTES = 512 * 1024  # the broker refuses messages over 1 MiB by default
 _ENVELOPE_OVERHEAD = 200  # ids, trace context, timestamps, source position, headers
 
 
@@ -62,7 +65,8 @@ def _chunks(events: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
     for index, event in enumerate(events):
         estimate = (_ENVELOPE_OVERHEAD + len(event["value"]) + len(event["fields"])
                     + len(event.get("feature_vector", b"")))
-        if index > start and (size + estimate > _MAX_BYTES or index - start >= _MAX_EVENTS):
+        full = size + estimate > MAX_BATCH_BYTES or index - start >= MAX_BATCH_EVENTS
+        if index > start and full:
             yield events[start:index]
             start, size = index, 0
         size += estimate

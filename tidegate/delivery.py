@@ -68,7 +68,9 @@ class Outbox:
     def __init__(self, config: ClientConfig) -> None:
         self._producer = Producer({
             "acks": "all", "enable.idempotence": True, "linger.ms": 2,
-            "compression.type": "lz4", "log_level": 3, **config,
+            "compression.type": "lz4", "log_level": 3,
+            "queue.buffering.max.kbytes": 65536,  # librdkafka's default is 1 GiB
+            **config,
         })
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="delivery-reports", daemon=True)

@@ -46,11 +46,19 @@ from tidegate.steering import Steering
 from tidegate.topics import STAGES, TopicSpec, by_key
 from tidegate.transactions import TransactionalOutbox
 
-__all__ = ["EXIT_DELIVERY", "Outgoing", "StageRuntime", "Staged", "source_record"]
+__all__ = [
+    "EXIT_DELIVERY", "Outgoing", "StageRuntime", "Staged", "batch_messages", "source_record",
+]
 
 log = logging.getLogger("tidegate.stage")
 
 EXIT_DELIVERY = 75  # EX_TEMPFAIL: outputs could not be delivered; restart and read again
+
+
+def batch_messages(settings: Settings, source: TopicSpec) -> int:
+    """Messages per read: ``batch_size`` events, or on an internal topic, whose messages are
+    batches of up to 2,000 events (512 KiB), one 64th of it: 8 messages, 4 MiB by default."""
+    return max(1, settings.batch_size // 64) if source.internal else settings.batch_size
 
 
 class StageRuntime:
@@ -165,8 +173,9 @@ class StageRuntime:
                 transaction_timeout=self.settings.transaction_timeout,
                 deadline=self.settings.delivery_deadline)
 
+        size, within = batch_messages(self.settings, self.topics.source), self.settings.batch_within
+
         async def read() -> None:
-            size, within = self.settings.batch_size, self.settings.batch_within
             try:
                 while not self.app.should_stop:
                     if self.steering and self.steering.blocked():

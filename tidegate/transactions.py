@@ -50,7 +50,9 @@ class TransactionalOutbox:
                  transaction_timeout: float = 10.0, deadline: float = 60.0) -> None:
         self._producer = Producer({
             "acks": "all", "enable.idempotence": True, "linger.ms": 2,
-            "compression.type": "lz4", "log_level": 3, **config,
+            "compression.type": "lz4", "log_level": 3,
+            "queue.buffering.max.kbytes": 65536,  # librdkafka's default is 1 GiB
+            **config,
             "transactional.id": transactional_id,
             "transaction.timeout.ms": int(transaction_timeout * 1000),
         })
