@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from tidegate.codec import Codec, Record
 from tidegate.deadletter import DeadLetter, Headers, SourceRecord, header_value
 from tidegate.errors import CodecError
+from tidegate.outputs import Pending
 
 __all__ = ["STAGE", "Dedupe", "IngestLimits", "ingest_batch", "make_traceparent"]
 
@@ -45,8 +46,7 @@ class Dedupe:
 
     def __init__(self, *, max_ids: int = 500_000, window_ms: int = 3_600_000) -> None:
         self._seen: OrderedDict[str, int] = OrderedDict()
-        self._call: dict[str, int] = {}
-        self._batch: dict[str, int] = {}
+        self._pending: Pending[str, int] = Pending()
         self._max = max_ids
         self._window = window_ms
 
@@ -58,22 +58,19 @@ class Dedupe:
         horizon = now_ms - self._window
         while self._seen and next(iter(self._seen.values())) < horizon:
             self._seen.popitem(last=False)
-        if event_id in self._seen or event_id in self._batch or event_id in self._call:
+        if event_id in self._seen or event_id in self._pending:
             return True
-        self._call[event_id] = now_ms
+        self._pending.call[event_id] = now_ms
         return False
 
     def keep(self) -> None:
-        self._batch.update(self._call)
-        self._call.clear()
+        self._pending.keep()
 
     def drop(self) -> None:
-        self._call.clear()
+        self._pending.drop()
 
     def commit(self) -> None:
-        self.keep()
-        self._seen.update(self._batch)
-        self._batch.clear()
+        self._seen.update(self._pending.take())
         while len(self._seen) > self._max:
             self._seen.popitem(last=False)
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Generic, Protocol, TypeVar
 
 from tidegate.deadletter import SourceRecord
 from tidegate.delivery import Message
 
-__all__ = ["Deliver", "Handler", "Outgoing", "Staged", "messages", "source_record"]
+__all__ = [
+    "Deliver", "Handler", "Outgoing", "Pending", "Staged", "messages", "source_record",
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,3 +68,41 @@ def source_record(event: Any) -> SourceRecord:
         timestamp=int(message.timestamp * 1000) if message.timestamp else 0,
         key=message.key, value=message.value or b"", headers=list(headers or []),
     )
+
+
+K = TypeVar("K")
+V = TypeVar("V")
+
+
+class Pending(Generic[K, V]):
+    """The writes of a :class:`Staged` object that do not count yet: those of the running
+    handler call, and those kept for the batch until it is delivered.
+
+    Example::
+
+        pending.call[key] = value      # while the handler runs
+        pending.keep()                 # the call returned
+        applied = pending.take()       # the batch was delivered: apply these
+    """
+
+    def __init__(self) -> None:
+        self.call: dict[K, V] = {}
+        self.batch: dict[K, V] = {}
+
+    def __contains__(self, key: object) -> bool:
+        return key in self.call or key in self.batch
+
+    def __getitem__(self, key: K) -> V:
+        return self.call[key] if key in self.call else self.batch[key]
+
+    def keep(self) -> None:
+        self.batch.update(self.call)
+        self.call.clear()
+
+    def drop(self) -> None:
+        self.call.clear()
+
+    def take(self) -> dict[K, V]:
+        self.keep()
+        taken, self.batch = self.batch, {}
+        return taken

@@ -30,6 +30,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from tidegate.outputs import Pending
 from tidegate.settings import ClientConfig
 
 __all__ = ["ChangelogStore", "StateWrite"]
@@ -49,8 +50,7 @@ class ChangelogStore:
         self._max_keys = max_keys
         self._restore_timeout = restore_timeout
         self._values: OrderedDict[tuple[int, str], Any] = OrderedDict()
-        self._call: dict[tuple[int, str], Any] = {}  # written by the running handler call
-        self._batch: dict[tuple[int, str], Any] = {}  # kept for the batch, not yet delivered
+        self._pending: Pending[tuple[int, str], Any] = Pending()
         self.partitions: set[int] = set()
         self.restored_records = 0
 
@@ -60,10 +60,8 @@ class ChangelogStore:
     def get(self, partition: int, key: str) -> Any:
         """The value of ``key`` in ``partition``, or None; staged writes first."""
         where = (partition, key)
-        if where in self._call:
-            return self._call[where]
-        if where in self._batch:
-            return self._batch[where]
+        if where in self._pending:
+            return self._pending[where]
         value = self._values.get(where)
         if value is not None:
             self._values.move_to_end(where)
@@ -75,23 +73,20 @@ class ChangelogStore:
         Staged (``tidegate.stage.Staged``): it counts once the batch is delivered (``commit``),
         so a batch retried message by message does not apply its events twice.
         """
-        self._call[(partition, key)] = value
+        self._pending.call[(partition, key)] = value
         return (self.topic, key.encode(), json.dumps(value, separators=(",", ":")).encode(),
                 partition)
 
     def keep(self) -> None:
-        self._batch.update(self._call)
-        self._call.clear()
+        self._pending.keep()
 
     def drop(self) -> None:
-        self._call.clear()
+        self._pending.drop()
 
     def commit(self) -> None:
-        self.keep()
-        for (partition, key), value in self._batch.items():
+        for (partition, key), value in self._pending.take().items():
             if partition in self.partitions:  # not revoked meanwhile
                 self._set(partition, key, value)
-        self._batch.clear()
 
     def _set(self, partition: int, key: str, value: Any) -> None:
         self._values[(partition, key)] = value

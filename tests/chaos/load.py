@@ -26,8 +26,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import TypeVar, cast
 
-from confluent_kafka import Producer
-
+from tests.integration.pipeline import produce
 from tidegate.accuracy import LabelJoin
 from tidegate.analyst import AnalystConfig
 from tidegate.app import create_app, input_group
@@ -232,24 +231,8 @@ def produce_paced(settings: Settings, messages: Iterable[ExampleMessage], *,
                   rate: float) -> tuple[list[ExampleMessage], float]:
     """Send ``messages`` at ``rate`` per second (or as fast as they come); return them and how
     long sending and the broker's acknowledgement of all took."""
-    producer = Producer({"bootstrap.servers": str(settings.kafka_bootstrap_servers),
-                         "linger.ms": 10, "acks": "all"})
-    topic = settings.topic_prefix + "events"
-    sent: list[ExampleMessage] = []
     began = time.monotonic()
-    for message in messages:
-        ahead = len(sent) / rate - (time.monotonic() - began)
-        if ahead > 0:
-            time.sleep(ahead)
-        while True:
-            try:
-                producer.produce(topic, key=message.key, value=message.value)
-                break
-            except BufferError:  # the local queue is full: let deliveries drain it
-                producer.poll(0.05)
-        producer.poll(0)
-        sent.append(message)
-    assert producer.flush(60) == 0, "the broker did not acknowledge every input event"
+    sent = produce(settings, messages, rate=rate)
     return sent, time.monotonic() - began
 
 

@@ -82,7 +82,12 @@ def produce(settings: Settings, messages: Iterable[ExampleMessage], *,
     for message in messages:
         if rate:  # ahead of schedule: wait (never a negative sleep on a loaded machine)
             time.sleep(max(0.0, len(sent) / rate - (time.monotonic() - began)))
-        producer.produce(topic, key=message.key, value=message.value)
+        while True:
+            try:
+                producer.produce(topic, key=message.key, value=message.value)
+                break
+            except BufferError:  # the local queue is full: let deliveries drain it
+                producer.poll(0.05)
         producer.poll(0)
         sent.append(message)
     assert producer.flush(60) == 0, "the broker did not acknowledge every input event"
