@@ -98,6 +98,7 @@ class Settings(BaseSettings):
     dedupe_window_seconds: float = Field(default=3600.0, gt=0)
     max_future_seconds: float = Field(default=300.0, ge=0)
     auto_actions: bool = True
+    compute_threads: int = Field(default=1, ge=1, le=256)
     accuracy_min_labels: int = Field(default=500, ge=1, le=2000)
     drift_min_events: int = Field(default=1000, ge=1)
 
