@@ -63,6 +63,7 @@ class AnalystConfig:
     stale_after: float = 30.0  # a stage that reported before and is silent this long is down
     resolve_after: float = 30.0  # a condition clear this long resolves its alert
     restore_after: float = 120.0  # inference below CRITICAL this long after monitoring degraded
+    breaker_degrade_after: float = 60.0  # the primary's breaker open this long: degrade
     command_grace: float = 30.0  # time a stage gets to show a command in its mode
     degrade_to: str = "fallback"
     drift_window_events: int = 5000
@@ -244,8 +245,11 @@ class Analyst:
         if (self._degraded is not None and modes and now - self._degraded[1] >= cfg.command_grace
                 and not any(self._degraded[2] in mode for mode in modes)):
             self._degraded = None  # someone restored or changed it: theirs now, not ours
+        # An open primary breaker already routes to the fallback and probes the model; only when
+        # it stays open for breaker_degrade_after does monitoring stop the probing by degrading.
         triggers = [a for a in self.book.active() if a.stage == INFERENCE and (
-            (a.kind == "breaker" and a.details.get("breaker") == PRIMARY_BREAKER)
+            (a.kind == "breaker" and a.details.get("breaker") == PRIMARY_BREAKER
+             and now - a.since >= cfg.breaker_degrade_after)
             or (a.kind in ("error_rate", "error_rate_anomaly") and a.severity == "critical"))]
         degraded = any(mode & set(DEGRADE_TARGETS[INFERENCE]) for mode in modes)
         if triggers and "degrade" not in self._episodes:

@@ -5,6 +5,7 @@ control commands out. Time is injected; every command is checked against the con
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -20,6 +21,7 @@ V1, V2 = "fraud-primary:v1", "fraud-primary:v2"
 REF = {"amount": {"cuts": [0.5], "shares": [0.5, 0.5]}, "score": {"cuts": [0.5],
                                                                    "shares": [0.9, 0.1]}}
 CFG = AnalystConfig(stale_after=30.0, resolve_after=10.0, restore_after=60.0, command_grace=5.0,
+                    breaker_degrade_after=0.0,
                     min_labels=50, accuracy_window=100, drift_min_events=100,
                     watch=WatchConfig(anomaly_min_baseline=5))  # fmt: skip
 
@@ -85,6 +87,21 @@ def test_open_primary_breaker_degrades_once_then_restores_after_normal_hold() ->
     calm_since = next(i for i, s in enumerate(later) if s.levels["inference"] == "NORMAL")
     assert (restored_at - calm_since) * 2.0 == pytest.approx(60.0)
     assert [c["action"] for c in analyst.actions] == ["degrade", "restore"]
+
+
+def test_a_breaker_that_closes_within_the_grace_leaves_inference_alone() -> None:
+    analyst = Analyst(replace(CFG, breaker_degrade_after=60.0))
+    short = run(analyst, T0, T0 + 40, breakers=OPEN)  # the breaker copes: fallback answers
+    assert commands(short) == []
+    assert short[-1].levels["inference"] == "CRITICAL"
+    closed = {"model:primary": "closed", "model:fallback": "closed"}
+    assert commands(run(analyst, T0 + 42, T0 + 100, breakers=closed)) == []
+    lasting = run(analyst, T0 + 102, T0 + 170, breakers=OPEN)
+    (degrade,) = commands(lasting)
+    assert degrade["action"] == "degrade"
+    opened = next(i for i, a in enumerate(lasting) if a.levels["inference"] == "CRITICAL")
+    issued = next(i for i, a in enumerate(lasting) if a.commands)
+    assert (issued - opened) * 2.0 == pytest.approx(60.0)
 
 
 def test_a_lasting_warning_does_not_keep_inference_degraded_but_critical_does() -> None:
@@ -286,6 +303,7 @@ def test_drift_counts_of_another_version_or_unreadable_are_skipped() -> None:
 
 def test_snapshot_shape_and_bounded_actions() -> None:
     analyst = Analyst(AnalystConfig(max_actions=2, resolve_after=0.0, restore_after=0.0,
+                                    breaker_degrade_after=0.0,
                                     command_grace=0.0))  # fmt: skip
     assert analyst.snapshot(T0)["drift"] == {"version": None}
     for cycle in range(3):
