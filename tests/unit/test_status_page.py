@@ -8,8 +8,9 @@ from typing import Any
 
 import pytest
 
-from agents.monitoring import _since
+from tidegate.agents.monitoring import _since
 from tidegate.page import status_page
+from tidegate.settings import load_settings
 from tidegate.status import History, StatusBoard
 
 pytestmark = pytest.mark.unit
@@ -160,3 +161,19 @@ def test_the_poll_interval_is_written_into_the_script() -> None:
     assert "const POLL_MS = 500," in status_page(poll_seconds=0.5)
     assert "@POLL_MS@" not in status_page()
 
+
+
+def test_the_status_command_prints_the_crisis_level_and_alerts(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from tidegate.cli import up
+    from tidegate.cli.main import main
+
+    board = StatusBoard().snapshot(now=0.0)
+    board["crisis"] = {"system": "WARNING", "stages": {"inference": "WARNING", "ingest": "NORMAL"}}
+    board["alerts"] = [{"severity": "warning", "message": "inference: 2 inputs drifted"}]
+    monkeypatch.setattr(up, "_board", lambda settings: board)
+    assert main(["status"]) == 0
+    out = capsys.readouterr().out
+    assert "crisis level: WARNING (inference WARNING)" in out
+    assert "alert warning: inference: 2 inputs drifted" in out
+    assert "crisis level WARNING" in up._progress_line(load_settings())

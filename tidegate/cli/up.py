@@ -167,6 +167,13 @@ def status(as_json: bool) -> None:
         if info["paused"]:
             click.echo(f"{stage} is paused: {info.get('pause_reason') or 'no reason given'}")
     click.echo(_summary(board))
+    crisis = board.get("crisis")
+    if crisis:
+        levels = ", ".join(f"{stage} {level}" for stage, level in crisis["stages"].items()
+                           if level != "NORMAL")
+        click.echo(f"crisis level: {crisis['system']}" + (f" ({levels})" if levels else ""))
+    for alert in board.get("alerts", []):
+        click.echo(f"alert {alert['severity']}: {alert['message']}")
 
 
 def _board(settings: Settings) -> dict[str, Any]:
@@ -196,5 +203,7 @@ def _progress_line(settings: Settings) -> str:
     lag = sum(info["lag"] for info in stages.values())
     modes = ", ".join(f"{stage} {info['mode']}" for stage, info in stages.items()
                       if info["mode"] not in ("normal", "-"))
+    level = board.get("crisis", {}).get("system")
     return f"{_summary(board)}; dead letters {dead}; lag {lag}" + (
-        f"; modes: {modes}" if modes else "")
+        f"; modes: {modes}" if modes else "") + (
+        f"; crisis level {level}" if level and level != "NORMAL" else "")
