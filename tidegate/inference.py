@@ -27,9 +27,8 @@ import numpy as np
 from tidegate.breaker import BreakerOpenError, CircuitBreaker
 from tidegate.control import StageMode
 from tidegate.errors import ScoringError
-from tidegate.registry import ModelRegistry
+from tidegate.registry import FALLBACK, PRIMARY, ModelRegistry
 from tidegate.scoring import ModelScorer, Scorer, StaticScorer
-from tidegate.training import FALLBACK, PRIMARY
 
 __all__ = [
     "Path", "PrimarySwitch", "ScoreResult", "ScoringChain", "pinned_version", "predictions",

@@ -113,7 +113,7 @@ class Rollback:
 
 def _served(name: str) -> bool:
     """Whether inference serves ``name`` as its primary: a command pins that model's version."""
-    from tidegate.training import PRIMARY
+    from tidegate.registry import PRIMARY
 
     return name == PRIMARY
 

@@ -31,11 +31,10 @@ from tidegate.errors import CodecError, TidegateError
 from tidegate.features import DRIFT_EXEMPT
 from tidegate.lifecycle import issue_command, rollback
 from tidegate.reader import BatchReader
-from tidegate.registry import ModelRegistry
+from tidegate.registry import PRIMARY, ModelRegistry
 from tidegate.stage import Outgoing, StageRuntime
 from tidegate.status import StatusBoard
 from tidegate.topics import by_key
-from tidegate.training import PRIMARY
 
 __all__ = ["LazyJoin", "Oversight"]
 

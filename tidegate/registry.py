@@ -50,9 +50,15 @@ from tidegate.errors import (
     RollbackUnavailableError,
 )
 
-__all__ = ["ModelRegistry", "ModelVersion", "Stage", "bin_shares", "reference_bins"]
+__all__ = [
+    "FALLBACK", "PRIMARY", "ModelRegistry", "ModelVersion", "Stage", "bin_shares",
+    "reference_bins",
+]
 
 Stage = Literal["production", "candidate", "archived"]
+# The models inference serves: its primary and its fallback (the example trains both).
+PRIMARY = "fraud-primary"
+FALLBACK = "fraud-fallback"
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _VERSION = re.compile(r"^v([1-9][0-9]*)$")
 _HISTORY_MAX = 1000

@@ -37,7 +37,7 @@ from sklearn.preprocessing import StandardScaler
 from tidegate.errors import ConfigError
 from tidegate.example.generator import TransactionGenerator
 from tidegate.features import FEATURE_NAMES, AccountState, FeatureBatch, compute_features
-from tidegate.registry import ModelRegistry, ModelVersion, reference_bins
+from tidegate.registry import FALLBACK, PRIMARY, ModelRegistry, ModelVersion, reference_bins
 
 __all__ = [
     "FALLBACK",
@@ -51,8 +51,6 @@ __all__ = [
     "train_example",
 ]
 
-PRIMARY = "fraud-primary"
-FALLBACK = "fraud-fallback"
 BATCH_SIZE = 512
 EXAMPLE_START_MS = 1_700_000_000_000  # a fixed start keeps training runs reproducible
 EXAMPLE_EVENTS_PER_SECOND = 0.5  # 60k events span about a day and a half of traffic
