@@ -71,7 +71,11 @@ class StageRuntime:
         self.topics = STAGES[stage]
         # Native thread pools (OpenMP in scikit-learn's models, BLAS under numpy) at one thread:
         # a stage scales by processes, and on shared cores idle pool threads spin (a 512-row
-        # predict costs 4.7 ms of CPU with two OpenMP threads, 3.0 ms with one).
+        # predict costs 4.7 ms of CPU with two OpenMP threads, 3.0 ms with one). The variables
+        # reach libraries loaded later (OpenMP arrives with the first unpickled model), the
+        # limits those already loaded.
+        for variable in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[variable] = str(settings.compute_threads)
         threadpool_limits(limits=settings.compute_threads)
         self.app = create_app(stage, settings, partitions=self.topics.source.partitions)
         self.codec = Codec(registry_url=settings.schema_registry_url)
