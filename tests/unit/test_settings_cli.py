@@ -220,6 +220,16 @@ def test_a_bad_setting_exits_2_with_one_line(monkeypatch: pytest.MonkeyPatch,
     assert line.startswith("tidegate: error: invalid setting TIDEGATE_BROKER_PORT:")
 
 
+def test_exactly_once_with_the_faust_reader_exits_2_with_one_line(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv("TIDEGATE_PROCESSING_GUARANTEE", "exactly_once")
+    monkeypatch.setenv("TIDEGATE_READER", "faust")
+    assert main(["stage", "run", "ingest"]) == 2
+    line = one_line(capsys.readouterr().err)
+    assert line == ("tidegate: error: invalid settings: TIDEGATE_PROCESSING_GUARANTEE=exactly_once "
+                    "needs TIDEGATE_READER=librdkafka")
+
+
 def test_broker_status_without_a_broker_exits_1(capsys: pytest.CaptureFixture[str],
                                                 tmp_path: Path) -> None:
     empty = tmp_path / "data"
