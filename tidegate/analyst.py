@@ -48,6 +48,7 @@ ISSUER = "monitoring"
 INFERENCE = "inference"
 PRIMARY_BREAKER = "model:primary"
 _SKIPPED = {"fallback": ("model:primary",), "static": ("model:primary", "model:fallback")}
+_LOAD_KINDS = frozenset({"latency", "lag_trend"})  # alerts that say "busy", not "broken"
 log = logging.getLogger("tidegate.analyst")
 
 
@@ -276,11 +277,16 @@ class Analyst:
             # the control command names the registry version: "v2" of "fraud-primary:v2"
             out.append(self._issue(INFERENCE, "rollback", {"version": previous.rpartition(":")[2]},
                                    accuracy.key, accuracy.message, now))
-        if levels.get("system") == "EMERGENCY":
+        # Load is no reason to stop taking load: an emergency made of latency and lag alerts
+        # alone (an input spike) leaves ingest running; the events would wait in Kafka anyway.
+        broken = [a for a in self.book.active() if a.severity in ("critical", "emergency")
+                  and a.kind not in _LOAD_KINDS]
+        if levels.get("system") == "EMERGENCY" and (
+                len({a.stage for a in broken}) >= 2 or any(a.severity == "emergency"
+                                                           for a in broken)):
             if "pause" not in self._episodes:
                 self._episodes.add("pause")
-                keys = [a.key for a in self.book.active() if a.severity in ("critical",
-                                                                            "emergency")]
+                keys = [a.key for a in broken]
                 out.append(self._issue("ingest", "pause", {}, "system/level",
                                        f"system EMERGENCY: {', '.join(keys[:5])}", now))
         else:

@@ -204,6 +204,20 @@ def test_silent_stages_go_critical_and_two_of_them_pause_ingest_once() -> None:
     assert [c["action"] for c in commands([analyst.assess(T0 + 104)])] == ["pause"]
 
 
+def test_an_emergency_of_latency_alone_does_not_pause_ingest() -> None:
+    analyst = Analyst(CFG)
+    results = []
+    for t in range(0, 20, 2):  # an input spike: two stages far over their latency objective
+        for stage in ("ingest", "inference"):
+            analyst.on_health(health(stage), T0 + t)
+        for stage in ("validation", "feature"):
+            analyst.on_health(health(stage, latency_p99_ms=60_000.0), T0 + t)
+        results.append(analyst.assess(T0 + t))
+    assert results[-1].levels["validation"] == results[-1].levels["feature"] == "CRITICAL"
+    assert results[-1].levels["system"] == "EMERGENCY"
+    assert commands(results) == [], "busy is not broken: ingest keeps taking events"
+
+
 def test_a_stage_never_seen_is_not_down() -> None:
     analyst = Analyst(CFG)
     analyst.on_health(health("ingest"), T0)
