@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.integration.pipeline import (
-    health_events,
+    paused_for,
     produce,
     read_outputs,
     running_pipeline,
@@ -21,9 +21,7 @@ pytestmark = pytest.mark.chaos
 
 
 def _feature_backpressured(settings: Settings) -> bool:
-    return any(event["stage"] == "feature" and event["paused"]
-               and (event["pause_reason"] or "").startswith("backpressure")
-               for event in health_events(settings))
+    return paused_for(settings, "feature", "backpressure")
 
 
 def test_feature_pauses_while_inference_lags_and_everything_drains(

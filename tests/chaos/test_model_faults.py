@@ -12,14 +12,13 @@ from tests.integration.pipeline import (
     example_registry,
     health_events,
     produce,
+    read_predictions,
     running_pipeline,
 )
-from tidegate.codec import Codec
 from tidegate.example.stream import example_messages
 from tidegate.faults import FaultyModel, register_like
-from tidegate.reading import read_topic
 from tidegate.registry import ModelRegistry
-from tidegate.settings import ClientConfig, Settings
+from tidegate.settings import Settings
 from tidegate.training import PRIMARY
 
 pytestmark = pytest.mark.chaos
@@ -34,14 +33,7 @@ def _install_faulty_primary(settings: Settings, switch: Path) -> None:
 
 
 def _paths_since(settings: Settings, since_ms: int) -> Counter[str]:
-    codec = Codec()
-    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
-    paths: Counter[str] = Counter()
-    for message in read_topic(config, settings.topic_prefix + "predictions"):
-        record = codec.decode(message.value() or b"")
-        if record["predicted_at"] >= since_ms:
-            paths[record["path"]] += 1
-    return paths
+    return Counter(record["path"] for record in read_predictions(settings, since_ms=since_ms))
 
 
 def _primary_breaker_opened(settings: Settings) -> bool:
@@ -90,11 +82,7 @@ def test_the_breaker_opens_the_fallback_answers_and_the_primary_comes_back(
             if after["primary"]:
                 break
             time.sleep(1)
-        codec = Codec()
-        config: ClientConfig = {
-            "bootstrap.servers": str(pipeline_settings.kafka_bootstrap_servers)}
-        predicted = {codec.decode(m.value() or b"")["event_id"] for m in
-                     read_topic(config, pipeline_settings.topic_prefix + "predictions")}
+        predicted = {record["event_id"] for record in read_predictions(pipeline_settings)}
     print(f"\nmodel {fault!r}: paths during the fault {dict(during)}, after {dict(after)}")
     if fault == "fail":
         assert during["fallback"] > 0 and during["primary"] == 0, during

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from tests.integration.pipeline import (
-    health_events,
+    paused_for,
     produce,
     read_outputs,
     running_pipeline,
@@ -21,9 +21,7 @@ pytestmark = pytest.mark.chaos
 
 
 def _paused_by_guard(settings: Settings) -> bool:
-    return any(event["stage"] == "validation" and event["paused"]
-               and "dead-letter rate" in (event["pause_reason"] or "")
-               for event in health_events(settings))
+    return paused_for(settings, "validation", "dead-letter rate")
 
 
 def test_a_poison_storm_pauses_validation_and_the_good_records_behind_it_are_scored(

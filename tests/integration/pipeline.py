@@ -110,6 +110,22 @@ class Outputs:
         return sum(self.predictions.values()) + sum(self.dead.values())
 
 
+def read_predictions(settings: Settings, *, since_ms: int = 0) -> list[dict[str, Any]]:
+    """The decoded predictions made at or after ``since_ms``, from the start of the topic."""
+    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
+    codec = Codec()
+    records = (codec.decode(message.value() or b"") for message in
+               read_topic(config, settings.topic_prefix + "predictions"))
+    return [record for record in records if record["predicted_at"] >= since_ms]
+
+
+def paused_for(settings: Settings, stage: str, reason: str) -> bool:
+    """Whether a health event of ``stage`` reported it paused with ``reason`` in the reason."""
+    return any(event["stage"] == stage and event["paused"]
+               and reason in (event["pause_reason"] or "")
+               for event in health_events(settings))
+
+
 def read_outputs(settings: Settings) -> Outputs:
     """Read predictions and every dead-letter topic from the start to their current end."""
     config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}

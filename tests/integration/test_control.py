@@ -10,26 +10,20 @@ from tests.integration.pipeline import (
     health_events,
     produce,
     read_outputs,
+    read_predictions,
     running_pipeline,
     wait_until_healthy,
 )
 from tidegate.cli.main import main
-from tidegate.codec import Codec
 from tidegate.example.stream import example_messages
-from tidegate.reading import read_topic
-from tidegate.settings import ClientConfig, Settings
+from tidegate.settings import Settings
 from tidegate.supervisor import Supervisor
 
 pytestmark = pytest.mark.integration
 
 
 def _paths_after(settings: Settings, since_ms: int) -> set[str]:
-    codec = Codec()
-    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
-    return {record["path"] for record in
-            (codec.decode(m.value() or b"") for m in
-             read_topic(config, settings.topic_prefix + "predictions"))
-            if record["predicted_at"] >= since_ms}
+    return {record["path"] for record in read_predictions(settings, since_ms=since_ms)}
 
 
 def _wait_for_path(settings: Settings, supervisor: Supervisor, path: str, *, seed: int,

@@ -15,29 +15,21 @@ from tests.integration.pipeline import (
     example_registry,
     health_events,
     produce,
+    read_predictions,
     running_pipeline,
     wait_until_healthy,
 )
 from tidegate.cli.main import main
-from tidegate.codec import Codec
 from tidegate.example.stream import example_messages
 from tidegate.lifecycle import train_candidates
-from tidegate.reading import read_topic
 from tidegate.registry import ModelRegistry
-from tidegate.settings import ClientConfig, Settings
+from tidegate.settings import Settings
 from tidegate.supervisor import Supervisor
 from tidegate.training import PRIMARY
 
 pytestmark = pytest.mark.integration
 
 V1, V2 = f"{PRIMARY}:v1", f"{PRIMARY}:v2"
-
-
-def _predictions(settings: Settings) -> list[dict[str, Any]]:
-    codec = Codec()
-    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
-    return [codec.decode(m.value() or b"")
-            for m in read_topic(config, settings.topic_prefix + "predictions")]
 
 
 def _score(settings: Settings, supervisor: Supervisor, seed: int, *, n: int = 30,
@@ -48,7 +40,7 @@ def _score(settings: Settings, supervisor: Supervisor, seed: int, *, n: int = 30
     wanted = {m.event_id for m in sent}
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        found = [r for r in _predictions(settings) if r["event_id"] in wanted]
+        found = [r for r in read_predictions(settings) if r["event_id"] in wanted]
         if len(found) >= len(wanted):
             return found
         supervisor.poll()

@@ -15,7 +15,12 @@ from typing import Any
 import pytest
 from confluent_kafka import Producer
 
-from tests.integration.pipeline import produce, running_pipeline, wait_until_healthy
+from tests.integration.pipeline import (
+    produce,
+    read_predictions,
+    running_pipeline,
+    wait_until_healthy,
+)
 from tidegate.codec import Codec
 from tidegate.example.stream import ExampleMessage, example_messages
 from tidegate.faults import register_bad_version
@@ -133,15 +138,14 @@ def test_a_bad_production_model_is_rolled_back_automatically(pipeline_settings: 
         # later predictions carry the previous version again: the registry changes first, then
         # the rollback command reaches inference, which loads the version while it serves
         since = int(time.time() * 1000)
-        codec, versions = Codec(), set()
+        versions: set[str] = set()
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline and good_name not in versions:
             produce(pipeline_settings, (next(stream) for _ in range(CHUNK // 5)))
             time.sleep(1.0)
-            versions = {r["model_version"] for r in (
-                codec.decode(m.value() or b"") for m in
-                read_topic(_config(pipeline_settings), pipeline_settings.topic_prefix +
-                           "predictions")) if r["predicted_at"] >= since and r["path"] == "primary"}
+            versions = {r["model_version"] for r in read_predictions(pipeline_settings,
+                                                                     since_ms=since)
+                        if r["path"] == "primary"}
         status = _status(pipeline_settings)
     assert good_name in versions, f"predictions after the rollback came from {versions}"
     actions = [a for a in status.get("actions", []) if a["action"] == "rollback"]
