@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Sequence
 from typing import Any, Protocol
 
 import faust
 
-from tidegate.batches import ages_ms, pack
+from tidegate.batches import Batch, pack
 from tidegate.cluster import client_config
 from tidegate.features import AccountState, compute_features
 from tidegate.settings import Settings
@@ -36,13 +35,14 @@ def build(settings: Settings) -> StageRuntime:
     accounts = _account_store(runtime)
 
     async def featurize_events(events: Sequence[Any]) -> list[Outgoing]:
-        envelopes, dead = runtime.unpack_batches(events)
-        records = [json.loads(env["fields"]) for _, env in envelopes]
+        batches, dead = runtime.unpack_batches(events)
+        batch = Batch.concat(batches)
+        records = batch.records()
         degraded = steering.mode.degraded_to == "imputed"
         states: dict[str, AccountState | None] = {}
         partitions: dict[str, int] = {}
         if not degraded:  # degraded: no state store calls at all, imputed values instead
-            for (partition, _), record in zip(envelopes, records, strict=True):
+            for partition, record in zip(batch.partitions.tolist(), records, strict=True):
                 account = record["account_id"]
                 if account not in states:
                     partitions[account] = partition
@@ -58,16 +58,12 @@ def build(settings: Settings) -> StageRuntime:
                 if write is not None:
                     topic, key, value, partition = write
                     writes.append(Outgoing(topic=topic, key=key, value=value, partition=partition))
-        matrix = features.matrix.astype("<f8", copy=False)
-        for index, ((_, envelope), quality) in enumerate(zip(envelopes, features.quality,
-                                                             strict=True)):
-            envelope["feature_vector"] = matrix[index].tobytes()
-            envelope["feature_quality"] = quality
-        runtime.metrics.record_batch(records_in=len(envelopes), records_out=len(envelopes),
-                                     latencies_ms=ages_ms(env for _, env in envelopes))
+        featured = batch.with_features(features.matrix, features.quality)
+        runtime.metrics.record_batch(records_in=len(batch), records_out=len(featured),
+                                     latencies_ms=featured.ages_ms())
         runtime.metrics.extra["accounts"] = str(len(accounts))
         out = [Outgoing(topic=sink_name, partition=partition, value=value)
-               for partition, value in pack(runtime.codec, envelopes, stage=STAGE)]
+               for partition, value in pack(runtime.codec, featured, stage=STAGE)]
         return out + writes + runtime.dead_letters(dead)
 
     runtime.consume(featurize_events, name="featurize_events")

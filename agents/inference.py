@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from tidegate.batches import envelope_source
+from tidegate.batches import Batch
 from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.deadletter import DeadLetter
 from tidegate.drift import DriftSketch
@@ -39,7 +39,6 @@ def build(settings: Settings) -> StageRuntime:
     chain.breakers = {path: new_breaker(path) for path in ("primary", "fallback")}
     encode = runtime.codec.encoder("tidegate.Prediction", topic=sink_name)
     width = len(FEATURE_NAMES)
-    size = 8 * width  # bytes of one float64 feature vector
     runtime.metrics.model_version = chain.primary.version if chain.primary else None
     steering = runtime.follow_control()
 
@@ -64,34 +63,32 @@ def build(settings: Settings) -> StageRuntime:
 
     async def score_features(events: Sequence[Any]) -> list[Outgoing]:
         switch.refresh(steering.mode)  # cheap; a newly pinned model loads in a thread meanwhile
-        unpacked, dead = runtime.unpack_batches(events)
-        envelopes: list[dict[str, Any]] = []
-        for _, envelope in unpacked:
-            if len(envelope["feature_vector"]) == size:
-                envelopes.append(envelope)
-            else:
-                got = len(envelope["feature_vector"]) // 8
-                dead.append(DeadLetter.of(
-                    envelope_source(envelope), stage=STAGE, code="FEATURE_SHAPE",
-                    error_class="FeatureShapeError",
-                    message=f"{got} features, the model needs {width}",
-                    event_id=envelope["event_id"], trace_id=envelope["trace_id"]))
+        batches, dead = runtime.unpack_batches(events)
+        usable: list[Batch] = []
+        for part in batches:
+            if part.features.shape[1] == width:
+                usable.append(part)
+                continue
+            got = part.features.shape[1]
+            dead += [DeadLetter.of(part.source(i), stage=STAGE, code="FEATURE_SHAPE",
+                                   error_class="FeatureShapeError",
+                                   message=f"{got} features, the model needs {width}",
+                                   event_id=part.event_ids[i], trace_id=part.trace_ids[i])
+                     for i in range(len(part))]
+        batch = Batch.concat(usable)
         out: list[Outgoing] = []
         skip = skips.get(steering.mode.degraded_to, ())
         # one model call per SCORE_ROWS rows: a backlog makes batches bigger, and the slow-call
         # breaker must judge the model, not the size of the backlog
-        for start in range(0, len(envelopes), SCORE_ROWS):
-            chunk = envelopes[start:start + SCORE_ROWS]
-            joined = b"".join(env["feature_vector"] for env in chunk)
-            matrix = np.frombuffer(joined, dtype="<f8").reshape(len(chunk), width)
-            result = chain.score(matrix, skip=skip)
+        for start in range(0, len(batch), SCORE_ROWS):
+            chunk = batch.take(range(start, min(start + SCORE_ROWS, len(batch))))
+            result = chain.score(chunk.features, skip=skip)
             if result.path == "primary":  # binned against the served model's reference
-                drift.add(matrix, result.scores)
-            records = predictions(chunk, result, [env["account_id"] or None for env in chunk])
+                drift.add(chunk.features, result.scores)
+            records = predictions(chunk, result)
             out += [Outgoing(topic=sink_name, key=record["event_id"].encode(),
-                             value=encode(record),
-                             headers=[("traceparent", env["traceparent"].encode())])
-                    for record, env in zip(records, chunk, strict=True)]
+                             value=encode(record), headers=[("traceparent", traceparent.encode())])
+                    for record, traceparent in zip(records, chunk.traceparents, strict=True)]
             runtime.metrics.extra["path"] = result.path
             runtime.metrics.count(f"predictions.{result.path}", len(records))
             runtime.metrics.count("predictions.flagged", sum(r["label"] for r in records))

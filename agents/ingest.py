@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tidegate.batches import pack, partition_for
+from tidegate.batches import Batch, pack, partition_for
 from tidegate.inference import shed_predictions
 from tidegate.ingestion import STAGE, Dedupe, IngestLimits, ingest_batch
 from tidegate.settings import Settings
@@ -35,18 +35,20 @@ def build(settings: Settings) -> StageRuntime:
         records = [source_record(event) for event in events]
         accepted, dead = ingest_batch(records, codec=runtime.codec, dedupe=dedupe,
                                       now_ms=now_ms, limits=limits)
+        batch = Batch.from_envelopes(
+            [envelope for _, envelope in accepted],
+            partitions=[partition_for(route, sink.partitions) for route, _ in accepted])
         shed: list[Outgoing] = []
         if steering.mode.shed_share > 0:
-            accepted, shed_envelopes = _shed(accepted, steering.mode.shed_share)
-            shed = [Outgoing(topic=predictions_topic, key=env["event_id"].encode(),
+            batch, dropped = _shed(batch, steering.mode.shed_share)
+            shed = [Outgoing(topic=predictions_topic, key=record["event_id"].encode(),
                              value=encode_prediction(record),
-                             headers=[("traceparent", env["traceparent"].encode())])
-                    for env, record in zip(shed_envelopes, shed_predictions(shed_envelopes),
-                                           strict=True)]
+                             headers=[("traceparent", traceparent.encode())])
+                    for record, traceparent in zip(shed_predictions(dropped),
+                                                    dropped.traceparents, strict=True)]
             runtime.metrics.count("predictions.shed", len(shed))
-        routed = [(partition_for(route, sink.partitions), env) for route, env in accepted]
         out = [Outgoing(topic=sink_name, partition=partition, value=value)
-               for partition, value in pack(runtime.codec, routed, stage=STAGE)] + shed
+               for partition, value in pack(runtime.codec, batch, stage=STAGE)] + shed
         runtime.metrics.record_batch(
             records_in=len(records), records_out=len(accepted),
             latencies_ms=[now_ms - r.timestamp for r in records if r.timestamp],
@@ -57,16 +59,8 @@ def build(settings: Settings) -> StageRuntime:
     return runtime
 
 
-Routed = list[tuple[str, dict[str, Any]]]
-
-
-def _shed(accepted: Routed, share: float) -> tuple[Routed, list[dict[str, Any]]]:
+def _shed(batch: Batch, share: float) -> tuple[Batch, Batch]:
     """Split off a random ``share`` of the accepted events, to be answered as shed."""
-    kept: Routed = []
-    shed: list[dict[str, Any]] = []
-    for route, envelope in accepted:
-        if random.random() < share:
-            shed.append(envelope)
-        else:
-            kept.append((route, envelope))
-    return kept, shed
+    drop = [random.random() < share for _ in range(len(batch))]
+    return (batch.take([i for i, gone in enumerate(drop) if not gone]),
+            batch.take([i for i, gone in enumerate(drop) if gone]))

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict
 from importlib.resources import files
 from typing import Any
 
-from tidegate.batches import ages_ms, envelope_source, pack
+from tidegate.batches import Batch, pack
 from tidegate.deadletter import DeadLetter
 from tidegate.rules import RuleSet, load_rules
 from tidegate.settings import Settings
@@ -33,24 +32,21 @@ def build(settings: Settings) -> StageRuntime:
     rules = shipped_rules(settings)
 
     async def validate_events(events: Sequence[Any]) -> list[Outgoing]:
-        envelopes, dead = runtime.unpack_batches(events)
-        records = [json.loads(env["fields"]) for _, env in envelopes]
-        result = rules.check(records)
+        batches, dead = runtime.unpack_batches(events)
+        batch = Batch.concat(batches)
+        result = rules.check(batch.records())
         for index in result.failed():
-            envelope = envelopes[index][1]
             violations = result.for_record(index)
             dead.append(DeadLetter.of(
-                envelope_source(envelope), stage=STAGE, code=violations[0].code,
+                batch.source(index), stage=STAGE, code=violations[0].code,
                 error_class="ValidationError",
                 message="; ".join(f"{v.field}: {v.message}" for v in violations),
-                event_id=envelope["event_id"], trace_id=envelope["trace_id"],
+                event_id=batch.event_ids[index], trace_id=batch.trace_ids[index],
                 details=[asdict(v) for v in violations],
             ))
-        good = [envelopes[index] for index in result.passed()]
-        runtime.metrics.record_batch(
-            records_in=len(envelopes), records_out=len(good),
-            latencies_ms=ages_ms(env for _, env in good),
-        )
+        good = batch.take(result.passed())
+        runtime.metrics.record_batch(records_in=len(batch), records_out=len(good),
+                                     latencies_ms=good.ages_ms())
         for warning in result.warnings:
             runtime.metrics.extra[f"warning.{warning.field}"] = warning.message
         out = [Outgoing(topic=sink_name, partition=partition, value=value)

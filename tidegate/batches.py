@@ -1,96 +1,304 @@
-"""Internal micro-batches: many events per message on the internal topics, one per partition.
+"""Internal micro-batches: many events per message on the internal topics, stored by column.
 
 Public topics carry one record per message; between stages a message carries a whole
-micro-batch (tidegate.internal.EventBatch), so per-message costs are paid once per batch.
+micro-batch (tidegate.internal.EventColumns), so per-message costs are paid once per batch.
+The batch is columnar: a stage decodes a few arrays per message instead of one record per event,
+filters with index lists, and the feature matrix travels as one block of float64s. The original
+record (key, value bytes, headers, input position) rides along untouched, for dead letters.
 
 Example::
 
-    for partition, message in pack(routed, stage="ingest", partitions=6):
+    batch = Batch.from_envelopes(envelopes, partitions=[partition_for(a, 6) for a in accounts])
+    for partition, message in pack(codec, batch, stage="ingest"):
         send(topic, partition=partition, value=message)
+    again = unpack(codec, message, partition=partition)
 """
 
 from __future__ import annotations
 
+import functools
+import json
 import time
 import uuid
-from collections import defaultdict
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
 from aiokafka.partitioner import murmur2
 
 from tidegate.codec import Codec, Record
 from tidegate.deadletter import SourceRecord
+from tidegate.errors import CodecError
 
 __all__ = [
-    "BATCH_SCHEMA", "MAX_BATCH_BYTES", "MAX_BATCH_EVENTS", "ages_ms", "envelope_source", "pack",
-    "partition_for", "unpack",
+    "BATCH_SCHEMA",
+    "LEGACY_BATCH_SCHEMA",
+    "MAX_BATCH_BYTES",
+    "MAX_BATCH_EVENTS",
+    "BadBatchError",
+    "Batch",
+    "pack",
+    "partition_for",
+    "unpack",
 ]
 
-BATCH_SCHEMA = "tidegate.internal.EventBatch"
+BATCH_SCHEMA = "tidegate.internal.EventColumns"
+LEGACY_BATCH_SCHEMA = "tidegate.internal.EventBatch"  # one record per event; still read
 MAX_BATCH_EVENTS = 2000
 MAX_BATCH_BYTES = 512 * 1024  # the broker refuses messages over 1 MiB by default
 _ENVELOPE_OVERHEAD = 200  # ids, trace context, timestamps, source position, headers
 
+Ints = npt.NDArray[np.int64]
+Floats = npt.NDArray[np.float64]
+Header = dict[str, Any]  # {"key": str, "value": bytes | None}, as Avro reads it
 
+
+class BadBatchError(CodecError):
+    """An internal batch message that decodes but does not hold together."""
+
+    code = "BAD_BATCH"
+
+
+@functools.lru_cache(maxsize=65_536)
 def partition_for(key: str, partitions: int) -> int:
     """Kafka's default partitioner (murmur2 of the UTF-8 key), as every Kafka client computes it.
 
-    Routing by it keeps an account on the same partition number as Faust's table changelog.
+    Routing by it keeps an account on the same partition number as the feature state's
+    changelog. Cached: murmur2 in Python costs about 3 µs, and accounts repeat.
     """
     return int(murmur2(key.encode()) & 0x7FFFFFFF) % partitions
 
 
-def pack(
-    codec: Codec, envelopes: Sequence[tuple[int, dict[str, Any]]], *, stage: str
-) -> Iterator[tuple[int, bytes]]:
-    """One encoded EventBatch per (partition, chunk) of ``(partition, envelope)`` pairs."""
-    groups: defaultdict[int, list[dict[str, Any]]] = defaultdict(list)
-    for partition, envelope in envelopes:
-        # Fields added after the first version; bytes defaults must be bytes for the writer.
-        envelope.setdefault("feature_vector", b"")
-        envelope.setdefault("account_id", "")
-        groups[partition].append(envelope)
+def _ints(values: Any) -> Ints:
+    return np.asarray(values, dtype=np.int64).reshape(-1)
+
+
+@dataclass(eq=False, slots=True)
+class Batch:
+    """Columns of a micro-batch: entry ``i`` of every column belongs to event ``i``.
+
+    ``fields`` (before features) and ``feature_quality`` (after) may be empty lists when a stage
+    does not carry them; ``features`` has shape (events, width), width 0 before the feature
+    stage. ``partitions`` is not sent: it is the internal partition each event was read from,
+    or the one it is routed to.
+    """
+
+    event_ids: list[str]
+    trace_ids: list[str]
+    traceparents: list[str]
+    account_ids: list[str]
+    event_times: Ints
+    ingested_at: Ints
+    fields: list[bytes]
+    source_topics: list[str]
+    source_partitions: Ints
+    source_offsets: Ints
+    source_timestamps: Ints
+    keys: list[bytes | None]
+    values: list[bytes]
+    headers: list[list[Header]]
+    feature_quality: list[str]
+    features: Floats
+    partitions: Ints
+
+    def __len__(self) -> int:
+        return len(self.event_ids)
+
+    @classmethod
+    def from_envelopes(cls, envelopes: Sequence[Mapping[str, Any]],
+                       partitions: Sequence[int] | Ints | None = None) -> Batch:
+        """A batch of per-event envelope dicts (the fields of the legacy EventBatch record)."""
+        n = len(envelopes)
+        vectors = [env.get("feature_vector", b"") for env in envelopes]
+        widths = {len(vector) for vector in vectors}
+        if len(widths) > 1 or (widths and next(iter(widths)) % 8):
+            raise BadBatchError(f"feature vectors of mixed sizes in one batch: {sorted(widths)}")
+        width = next(iter(widths)) // 8 if widths else 0
+        features = np.frombuffer(b"".join(vectors), dtype="<f8")
+        quality = [env.get("feature_quality", "") for env in envelopes]
+        return cls(
+            event_ids=[env["event_id"] for env in envelopes],
+            trace_ids=[env["trace_id"] for env in envelopes],
+            traceparents=[env["traceparent"] for env in envelopes],
+            account_ids=[env.get("account_id", "") or "" for env in envelopes],
+            event_times=_ints([env["event_time"] for env in envelopes]),
+            ingested_at=_ints([env["ingested_at"] for env in envelopes]),
+            fields=[env["fields"] for env in envelopes],
+            source_topics=[env["source_topic"] for env in envelopes],
+            source_partitions=_ints([env["source_partition"] for env in envelopes]),
+            source_offsets=_ints([env["source_offset"] for env in envelopes]),
+            source_timestamps=_ints([env["source_timestamp"] for env in envelopes]),
+            keys=[env["key"] for env in envelopes],
+            values=[env["value"] for env in envelopes],
+            headers=[list(env["headers"]) for env in envelopes],
+            feature_quality=quality if any(quality) else [],
+            features=features.reshape(n, width),
+            partitions=_ints(partitions if partitions is not None else np.zeros(n)),
+        )
+
+    @classmethod
+    def concat(cls, batches: Sequence[Batch]) -> Batch:
+        """One batch of several, in order. Feature widths must agree.
+
+        An optional column (``fields``, ``feature_quality``) that some batch lacks is dropped.
+        """
+        batches = [batch for batch in batches if len(batch)]
+        if len(batches) == 1:
+            return batches[0]
+        if not batches:
+            return cls.from_envelopes([])
+        columns: dict[str, Any] = {}
+        for column in _COLUMNS:
+            parts = [getattr(batch, column) for batch in batches]
+            if column == "features" and len({part.shape[1] for part in parts}) > 1:
+                widths = sorted({part.shape[1] for part in parts})
+                raise BadBatchError(f"batches with different feature widths: {widths}")
+            if isinstance(parts[0], np.ndarray):
+                columns[column] = np.concatenate(parts)
+            elif column in _OPTIONAL:
+                columns[column] = _joined(parts, [len(batch) for batch in batches])
+            else:
+                columns[column] = [item for part in parts for item in part]
+        return cls(**columns)
+
+    def take(self, indexes: Sequence[int] | npt.NDArray[np.intp]) -> Batch:
+        """The events at ``indexes``, in that order."""
+        index = np.asarray(indexes, dtype=np.intp)
+        if len(index) == len(self) and (len(index) == 0 or
+                                        bool(np.all(index == np.arange(len(self))))):
+            return self
+        picked = index.tolist()
+        columns: dict[str, Any] = {}
+        for column in _COLUMNS:
+            value = getattr(self, column)
+            if isinstance(value, np.ndarray):
+                columns[column] = value[index]
+            elif column in _OPTIONAL and not value:
+                columns[column] = []
+            else:
+                columns[column] = [value[i] for i in picked]
+        return Batch(**columns)
+
+    def source(self, index: int) -> SourceRecord:
+        """The original input record of event ``index``, for a dead letter."""
+        return SourceRecord(
+            topic=self.source_topics[index], partition=int(self.source_partitions[index]),
+            offset=int(self.source_offsets[index]),
+            timestamp=int(self.source_timestamps[index]), key=self.keys[index],
+            value=self.values[index],
+            headers=[(h["key"], h["value"]) for h in self.headers[index]],
+        )
+
+    def records(self) -> list[dict[str, Any]]:
+        """Every event's decoded fields, parsed in one call."""
+        if not self.fields:
+            if len(self):
+                raise BadBatchError("this batch no longer carries the event fields")
+            return []
+        parsed: list[dict[str, Any]] = json.loads(b"[" + b",".join(self.fields) + b"]")
+        return parsed
+
+    def ages_ms(self) -> list[float]:
+        """Milliseconds since each event was ingested: the latency so far."""
+        ages: list[float] = (time.time() * 1000 - self.ingested_at).tolist()
+        return ages
+
+    def with_features(self, matrix: Floats, quality: Sequence[str]) -> Batch:
+        """The same events carrying features instead of fields (later stages need no fields)."""
+        return replace(self, features=np.ascontiguousarray(matrix, dtype=np.float64),
+                       feature_quality=list(quality), fields=[])
+
+
+_COLUMNS = tuple(f.name for f in fields(Batch))
+_OPTIONAL = frozenset({"fields", "feature_quality"})
+_SENT = tuple(name for name in _COLUMNS if name != "partitions")
+_INTS = {"event_times": "<i8", "ingested_at": "<i8", "source_partitions": "<i4",
+         "source_offsets": "<i8", "source_timestamps": "<i8"}
+
+
+def _joined(parts: list[list[Any]], sizes: list[int]) -> list[Any]:
+    """An optional column of several batches; missing from one, it is missing from the whole.
+
+    (A batch of the legacy format still carries its fields after the feature stage.)
+    """
+    if any(len(part) != size for part, size in zip(parts, sizes, strict=True)):
+        return []
+    return [item for part in parts for item in part]
+
+
+def pack(codec: Codec, batch: Batch, *, stage: str) -> Iterator[tuple[int, bytes]]:
+    """One encoded EventColumns message per (partition, chunk) of ``batch``."""
+    if not len(batch):
+        return
     now = int(time.time() * 1000)
-    for partition, events in groups.items():
-        for chunk in _chunks(events):
-            batch = {"batch_id": uuid.uuid4().hex, "stage": stage, "created_at": now,
-                     "events": chunk}
-            yield partition, codec.encode(BATCH_SCHEMA, batch)
+    for partition in np.unique(batch.partitions).tolist():
+        part = batch.take(np.flatnonzero(batch.partitions == partition))
+        for start, stop in _chunks(part):
+            yield int(partition), codec.encode(BATCH_SCHEMA,
+                                               _record(part, start, stop, stage=stage, now=now))
 
 
-def _chunks(events: list[dict[str, Any]]) -> Iterator[list[dict[str, Any]]]:
+def _chunks(batch: Batch) -> Iterator[tuple[int, int]]:
     """Slices that stay well under the broker's 1 MiB message limit, whatever the event size."""
+    fixed = _ENVELOPE_OVERHEAD + 8 * batch.features.shape[1]
+    fields = batch.fields or [b""] * len(batch)
     start, size = 0, 0
-    for index, event in enumerate(events):
-        estimate = (_ENVELOPE_OVERHEAD + len(event["value"]) + len(event["fields"])
-                    + len(event.get("feature_vector", b"")))
+    for index, (value, field, key, headers) in enumerate(
+            zip(batch.values, fields, batch.keys, batch.headers, strict=True)):
+        estimate = fixed + len(value) + len(field) + len(key or b"")
+        for header in headers:
+            estimate += 8 + len(header["key"]) + len(header["value"] or b"")
         full = size + estimate > MAX_BATCH_BYTES or index - start >= MAX_BATCH_EVENTS
         if index > start and full:
-            yield events[start:index]
+            yield start, index
             start, size = index, 0
         size += estimate
-    if start < len(events):
-        yield events[start:]
+    yield start, len(batch)
 
 
-def unpack(codec: Codec, value: bytes) -> list[Record]:
-    """The envelopes of one EventBatch message."""
-    events: list[Record] = codec.decode(value, BATCH_SCHEMA)["events"]
-    return events
+def _record(batch: Batch, start: int, stop: int, *, stage: str, now: int) -> dict[str, Any]:
+    record: dict[str, Any] = {"batch_id": uuid.uuid4().hex, "stage": stage, "created_at": now,
+                              "count": stop - start,
+                              "feature_width": int(batch.features.shape[1])}
+    for column in _SENT:
+        value = getattr(batch, column)
+        if column == "features":
+            record[column] = value[start:stop].astype("<f8", copy=False).tobytes()
+        elif column in _INTS:
+            record[column] = value[start:stop].astype(_INTS[column], copy=False).tobytes()
+        else:
+            record[column] = value[start:stop]
+    return record
 
 
-def envelope_source(envelope: Record) -> SourceRecord:
-    """The original input record an envelope carries, for a dead letter of a later stage."""
-    return SourceRecord(
-        topic=envelope["source_topic"], partition=envelope["source_partition"],
-        offset=envelope["source_offset"], timestamp=envelope["source_timestamp"],
-        key=envelope["key"], value=envelope["value"],
-        headers=[(h["key"], h["value"]) for h in envelope["headers"]],
-    )
+def unpack(codec: Codec, value: bytes, *, partition: int = 0) -> Batch:
+    """The events of one internal batch message (columnar, or the legacy one record per event).
+
+    Raises a ``CodecError`` (BAD_BATCH when the columns do not agree) for an unreadable message.
+    """
+    record = codec.decode(value)
+    if "events" in record:  # written by a version before the columnar format
+        events: list[Record] = record["events"]
+        return Batch.from_envelopes(events, np.full(len(events), partition))
+    try:
+        return _columns(record, partition)
+    except (KeyError, ValueError, TypeError) as exc:
+        raise BadBatchError(f"unreadable internal batch: {exc}") from exc
 
 
-def ages_ms(envelopes: Iterable[Record]) -> list[float]:
-    """Milliseconds since each envelope was ingested: the latency so far."""
-    now = time.time() * 1000
-    return [now - envelope["ingested_at"] for envelope in envelopes]
+def _columns(record: Record, partition: int) -> Batch:
+    n = record["count"]
+    width = record["feature_width"]
+    columns: dict[str, Any] = {}
+    for column in _SENT:
+        value = record[column]
+        if column == "features":
+            value = np.frombuffer(value, dtype="<f8").reshape(n, width)
+        elif column in _INTS:
+            value = np.frombuffer(value, dtype=_INTS[column]).astype(np.int64)
+        if len(value) != n and not (column in _OPTIONAL and len(value) == 0):
+            raise BadBatchError(f"column {column} has {len(value)} entries for {n} events")
+        columns[column] = value
+    return Batch(**columns, partitions=np.full(n, partition, dtype=np.int64))

@@ -24,6 +24,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from tidegate.batches import Batch
 from tidegate.breaker import BreakerOpenError, CircuitBreaker
 from tidegate.control import StageMode
 from tidegate.errors import ScoringError
@@ -186,27 +187,28 @@ class PrimarySwitch:
         self._loading.add_done_callback(done)
 
 
-def predictions(envelopes: Sequence[dict[str, Any]], result: ScoreResult,
-                accounts: Sequence[str | None]) -> list[dict[str, Any]]:
-    """One tidegate.Prediction record per envelope."""
+def predictions(batch: Batch, result: ScoreResult) -> list[dict[str, Any]]:
+    """One tidegate.Prediction record per event of ``batch``."""
     now = time.time() * 1000
+    quality = batch.feature_quality or [""] * len(batch)
     return [
         {
-            "event_id": env["event_id"], "trace_id": env["trace_id"], "account_id": account,
+            "event_id": event_id, "trace_id": trace_id, "account_id": account or None,
             "score": score, "label": score >= result.threshold, "threshold": result.threshold,
             "model_version": result.version, "path": result.path,
-            "latency_ms": now - env["ingested_at"], "event_time": env["event_time"],
-            "predicted_at": int(now), "feature_quality": env["feature_quality"] or "ok",
-            "shed": False,
+            "latency_ms": now - ingested_at, "event_time": event_time,
+            "predicted_at": int(now), "feature_quality": flags or "ok", "shed": False,
         }
-        for env, account, score in zip(envelopes, accounts, result.scores.tolist(), strict=True)
+        for event_id, trace_id, account, score, ingested_at, event_time, flags in zip(
+            batch.event_ids, batch.trace_ids, batch.account_ids, result.scores.tolist(),
+            batch.ingested_at.tolist(), batch.event_times.tolist(), quality, strict=True)
     ]
 
 
-def shed_predictions(envelopes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+def shed_predictions(batch: Batch) -> list[dict[str, Any]]:
     """Predictions for events shed under load: no model ran, and the record says so."""
-    shed = ScoreResult(np.zeros(len(envelopes)), "shed", "shed", 1.0)
-    records = predictions(envelopes, shed, [env.get("account_id") or None for env in envelopes])
+    shed = ScoreResult(np.zeros(len(batch)), "shed", "shed", 1.0)
+    records = predictions(batch, shed)
     for record in records:
         record["shed"] = True
         record["feature_quality"] = "shed"

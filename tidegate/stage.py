@@ -32,7 +32,7 @@ from confluent_kafka import TopicPartition
 from threadpoolctl import threadpool_limits
 
 from tidegate.app import create_app, input_group
-from tidegate.batches import envelope_source, unpack
+from tidegate.batches import Batch, unpack
 from tidegate.cluster import client_config
 from tidegate.codec import Codec
 from tidegate.control import StageMode
@@ -124,21 +124,19 @@ class StageRuntime:
         return [Outgoing(topic=topic, key=letter.key, value=letter.value, headers=letter.headers)
                 for letter in letters]
 
-    def unpack_batches(self, events: Sequence[Any]
-                       ) -> tuple[list[tuple[int, dict[str, Any]]], list[DeadLetter]]:
-        """The (partition, envelope) pairs of internal batch messages; BAD_BATCH for unreadable."""
-        envelopes: list[tuple[int, dict[str, Any]]] = []
+    def unpack_batches(self, events: Sequence[Any]) -> tuple[list[Batch], list[DeadLetter]]:
+        """The batches of internal batch messages, one per message; BAD_BATCH for unreadable."""
+        batches: list[Batch] = []
         dead: list[DeadLetter] = []
         for event in events:
+            message = event.message
             try:
-                batch = unpack(self.codec, event.message.value)
+                batches.append(unpack(self.codec, message.value, partition=message.partition))
             except CodecError as exc:
                 dead.append(DeadLetter.of(source_record(event), stage=self.stage,
                                           code="BAD_BATCH", error_class=type(exc).__name__,
                                           message=str(exc)))
-                continue
-            envelopes.extend((event.message.partition, envelope) for envelope in batch)
-        return envelopes, dead
+        return batches, dead
 
     def run_batches(self, handler: Handler, *, name: str,
                     source: faust.TopicT | None = None) -> None:
@@ -267,14 +265,14 @@ class StageRuntime:
             return [DeadLetter.of(source_record(event), stage=self.stage, code="INTERNAL_ERROR",
                                   error_class=error_class, message=message)]
         try:
-            envelopes = unpack(self.codec, event.message.value)
+            batch = unpack(self.codec, event.message.value)
         except CodecError:
             return [DeadLetter.of(source_record(event), stage=self.stage, code="BAD_BATCH",
                                   error_class=error_class, message=message)]
-        return [DeadLetter.of(envelope_source(envelope), stage=self.stage,
+        return [DeadLetter.of(batch.source(i), stage=self.stage,
                               code="INTERNAL_ERROR", error_class=error_class, message=message,
-                              event_id=envelope["event_id"], trace_id=envelope["trace_id"])
-                for envelope in envelopes]
+                              event_id=batch.event_ids[i], trace_id=batch.trace_ids[i])
+                for i in range(len(batch))]
 
     async def deliver(self, outgoing: Sequence[Outgoing]) -> None:
         """Produce every message and wait for the broker's acks; retry, or exit for a restart."""

@@ -23,7 +23,7 @@ from typing import Any
 import pytest
 
 from tidegate.agents import feature, inference, ingest, validation
-from tidegate.batches import pack, partition_for, unpack
+from tidegate.batches import Batch, pack, partition_for, unpack
 from tidegate.codec import Codec
 from tidegate.deadletter import CONTEXT_PREFIX, Headers, SourceRecord, context_of
 from tidegate.example.badrecords import BadKind, BadRecordInjector
@@ -163,13 +163,23 @@ def ingested_batches(records: Sequence[dict[str, object]]) -> list[Put]:
                for i, r in enumerate(records)]
     accepted, dead = ingest_batch(sources, codec=codec, dedupe=Dedupe(), now_ms=now)
     assert dead == []
-    routed = [(partition_for(route, 6), env) for route, env in accepted]
-    return [Put(value, partition) for partition, value in pack(codec, routed, stage="ingest")]
+    batch = Batch.from_envelopes([env for _, env in accepted],
+                                 partitions=[partition_for(route, 6) for route, _ in accepted])
+    return [Put(value, partition) for partition, value in pack(codec, batch, stage="ingest")]
 
 
 def batch_events(items: Sequence[Outgoing]) -> list[dict[str, Any]]:
     codec = Codec()
-    return [env for item in items for env in unpack(codec, item.value)]
+    return [event for item in items for event in per_event(unpack(codec, item.value))]
+
+
+def per_event(batch: Batch) -> list[dict[str, Any]]:
+    """One dict per event of a batch's columns, for assertions."""
+    return [{"event_id": batch.event_ids[i], "trace_id": batch.trace_ids[i],
+             "value": batch.values[i], "fields": batch.fields[i] if batch.fields else b"",
+             "feature_quality": batch.feature_quality[i] if batch.feature_quality else "",
+             "feature_vector": batch.features[i].tobytes()}
+            for i in range(len(batch))]
 
 
 def as_puts(items: Sequence[Outgoing]) -> list[Put]:
@@ -195,7 +205,7 @@ def test_validation_sends_good_events_on_and_bad_ones_to_its_dead_letter_topic(
         str(r["event_id"]) for r in records if r["event_id"] not in bad_ids)
     for item in run.to("validated"):  # partitions are kept: per-account state downstream
         assert {partition_for(json.loads(env["fields"])["account_id"], 6)
-                for env in unpack(Codec(), item.value)} == {item.partition}
+                for env in per_event(unpack(Codec(), item.value))} == {item.partition}
     letters = {context_of(item.headers).get("event.id"): item for item in run.to("dlq.validation")}
     assert set(letters) == {*bad_ids, None}
     amount = letters[str(records[3]["event_id"])]
@@ -249,7 +259,7 @@ def test_ingest_routes_by_account_and_dead_letters_with_the_original_record(
 
     envelopes = []
     for item in run.to("ingested"):
-        batch = unpack(codec, item.value)
+        batch = per_event(unpack(codec, item.value))
         assert {partition_for(str(json.loads(env["fields"])["account_id"]), 6)
                 for env in batch} == {item.partition}
         envelopes += batch

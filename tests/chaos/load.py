@@ -31,7 +31,7 @@ from tidegate.accuracy import LabelJoin
 from tidegate.analyst import AnalystConfig
 from tidegate.app import create_app, input_group
 from tidegate.backpressure import LagProbe
-from tidegate.batches import MAX_BATCH_BYTES, pack, unpack
+from tidegate.batches import MAX_BATCH_BYTES, Batch, pack, unpack
 from tidegate.codec import Codec
 from tidegate.deadletter import SourceRecord
 from tidegate.example.stream import ExampleMessage
@@ -267,11 +267,12 @@ def measure_footprints(sample: list[ExampleMessage], batch_size: int) -> Footpri
                                 key=m.key, value=m.value, headers=[])
                    for i, m in enumerate(sample[:batch_size])]
         accepted, _ = ingest_batch(records, codec=codec, dedupe=Dedupe(), now_ms=now_ms)
-        packed = list(pack(codec, [(0, env) for _, env in accepted], stage="ingest"))
+        batch = Batch.from_envelopes([env for _, env in accepted])
+        packed = list(pack(codec, batch, stage="ingest"))
         ingest_peak = tracemalloc.get_traced_memory()[1] - base
         raw = sum(len(value) for _, value in packed)
-        decoded, heap = _heap(lambda: [(env, json.loads(env["fields"]))
-                                       for _, value in packed for env in unpack(codec, value)])
+        decoded, heap = _heap(lambda: [(part, part.records()) for part in
+                                       (unpack(codec, value) for _, value in packed)])
         del decoded
         dedupe = Dedupe()
 

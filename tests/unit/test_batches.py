@@ -1,24 +1,40 @@
-"""Internal micro-batches: packing, chunking, Kafka's default partitioner, envelope sources."""
+"""Internal micro-batches: columns, packing and chunking, the legacy format, Kafka's partitioner."""
 
 from __future__ import annotations
 
 import json
 import time
 from collections import Counter
+from collections.abc import Sequence
+from dataclasses import fields
 from typing import Any
 
+import numpy as np
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
 
-from tidegate.batches import BATCH_SCHEMA, ages_ms, envelope_source, pack, partition_for, unpack
+from tidegate.batches import (
+    BATCH_SCHEMA,
+    LEGACY_BATCH_SCHEMA,
+    MAX_BATCH_BYTES,
+    MAX_BATCH_EVENTS,
+    BadBatchError,
+    Batch,
+    pack,
+    partition_for,
+    unpack,
+)
 from tidegate.codec import Codec
-from tidegate.deadletter import SourceRecord
+from tidegate.deadletter import Headers, SourceRecord
+from tidegate.errors import CodecError
 from tidegate.ingestion import Dedupe, ingest_batch
 
 pytestmark = pytest.mark.unit
 
 NOW_MS = 1_800_000_000_000
 BROKER_MESSAGE_LIMIT = 1024 * 1024
+COLUMNS = tuple(f.name for f in fields(Batch))
+HEADERS: Headers = [("a", b"1"), ("none", None), ("a", b"2")]
 
 # Utils.murmur2 of these bytes, from the Java client's UtilsTest.testMurmur2.
 JAVA_MURMUR2 = {
@@ -37,64 +53,458 @@ def codec() -> Codec:
 
 
 def envelope(index: int, *, value: bytes | None = None, key: bytes | None = b"k",
-             features: list[float] | None = None) -> dict[str, Any]:
+             features: Sequence[float] = (), quality: str = "",
+             ingested_at: int = NOW_MS) -> dict[str, Any]:
+    """One event as the legacy EventBatch record carried it (ingest's envelope)."""
+    account = f"acct-{index % 4}"
     return {
         "event_id": f"00000000-0000-4000-8000-{index:012d}", "trace_id": f"{index:032x}",
         "traceparent": f"00-{index:032x}-{index:016x}-01", "event_time": NOW_MS - index,
-        "ingested_at": NOW_MS, "source_topic": "p.events", "source_partition": index % 6,
+        "ingested_at": ingested_at, "source_topic": "p.events", "source_partition": index % 6,
         "source_offset": index, "source_timestamp": NOW_MS - 1,
         "key": key, "value": value if value is not None else f"v{index}".encode(),
         "headers": [{"key": "h", "value": b"1"}, {"key": "none", "value": None}],
-        "fields": json.dumps({"n": index}).encode(),
-        "features": features if features is not None else [], "feature_quality": "",
+        "fields": json.dumps({"n": index, "account_id": account}).encode(),
+        "features": [], "feature_quality": quality,
+        "feature_vector": np.asarray(features, dtype="<f8").tobytes(), "account_id": account,
     }
 
 
+def batch_of(count: int, *, partitions: Sequence[int] | None = None, width: int = 0,
+             start: int = 0) -> Batch:
+    """``count`` events (offsets from ``start``), with ``width`` features each when width > 0."""
+    envelopes = [envelope(i, features=[float(i) + j / 8 for j in range(width)],
+                          quality="ok" if width else "")
+                 for i in range(start, start + count)]
+    return Batch.from_envelopes(envelopes, partitions=partitions)
+
+
+def columns(batch: Batch) -> dict[str, Any]:
+    """Every column, comparable with ==: an array as its dtype, shape and exact bytes."""
+    out: dict[str, Any] = {}
+    for name in COLUMNS:
+        value = getattr(batch, name)
+        out[name] = ((value.dtype.str, value.shape, value.tobytes())
+                     if isinstance(value, np.ndarray) else value)
+    return out
+
+
+def rows(batch: Batch) -> list[dict[str, Any]]:
+    """Event by event, each column's entry (None for an optional column the batch lacks)."""
+    def entry(column: Any, index: int) -> Any:
+        if isinstance(column, np.ndarray):
+            return column[index].tolist()
+        return column[index] if len(column) else None
+    return [{name: entry(getattr(batch, name), i) for name in COLUMNS}
+            for i in range(len(batch))]
+
+
+def unpacked(codec: Codec, packed: Sequence[tuple[int, bytes]]) -> list[Batch]:
+    return [unpack(codec, message, partition=partition) for partition, message in packed]
+
+
+def offsets(batch: Batch) -> list[int]:
+    found: list[int] = batch.source_offsets.tolist()
+    return found
+
+
+def source_record(index: int, *, payload: str = "", key: bytes | None = None) -> SourceRecord:
+    """An input record ingest accepts: a JSON event with its own id and account."""
+    event = {"event_id": f"8c5e0c1e-6f0a-4d8e-9a53-{index:012x}", "event_time": NOW_MS - 1,
+             "account_id": f"acct-{index % 5}", "note": payload}
+    return SourceRecord(topic="p.events", partition=index % 3, offset=1_000 + index,
+                        timestamp=NOW_MS - 9, key=key, value=json.dumps(event).encode(),
+                        headers=list(HEADERS))
+
+
+def ingested(codec: Codec, records: Sequence[SourceRecord], *, partitions: int = 6) -> Batch:
+    """The batch ingest sends on: every record accepted, routed by account."""
+    accepted, dead = ingest_batch(records, codec=codec, dedupe=Dedupe(), now_ms=NOW_MS)
+    assert dead == []
+    return Batch.from_envelopes(
+        [env for _, env in accepted],
+        partitions=[partition_for(route, partitions) for route, _ in accepted])
+
+
+def legacy_message(codec: Codec, envelopes: Sequence[dict[str, Any]]) -> bytes:
+    return codec.encode(LEGACY_BATCH_SCHEMA, {"batch_id": "b" * 32, "stage": "feature",
+                                              "created_at": NOW_MS, "events": list(envelopes)})
+
+
+def column_record(count: int) -> dict[str, Any]:
+    """An EventColumns record built by hand, every column ``count`` long."""
+    ints = np.arange(count, dtype="<i8").tobytes()
+    return {
+        "batch_id": "0" * 32, "stage": "test", "created_at": NOW_MS, "count": count,
+        "event_ids": [f"e{i}" for i in range(count)], "trace_ids": ["t"] * count,
+        "traceparents": ["tp"] * count, "account_ids": [""] * count,
+        "event_times": ints, "ingested_at": ints, "fields": [b"{}"] * count,
+        "source_topics": ["p.events"] * count,
+        "source_partitions": np.zeros(count, dtype="<i4").tobytes(), "source_offsets": ints,
+        "source_timestamps": ints, "keys": [None] * count, "values": [b"v"] * count,
+        "headers": [[] for _ in range(count)], "feature_quality": [], "feature_width": 0,
+        "features": b"",
+    }
+
+
+# pack and unpack
+
+
 def test_pack_unpack_round_trip_per_partition(codec: Codec) -> None:
-    pairs = [(i % 3, envelope(i, features=[float(i), 0.5])) for i in range(30)]
+    batch = batch_of(30, partitions=[i % 3 for i in range(30)], width=2)
     before = int(time.time() * 1000)
-    packed = list(pack(codec, pairs, stage="feature"))
-    assert sorted(partition for partition, _ in packed) == [0, 1, 2]
+    packed = list(pack(codec, batch, stage="feature"))
+    assert [partition for partition, _ in packed] == [0, 1, 2]
     for partition, message in packed:
-        assert unpack(codec, message) == [env for p, env in pairs if p == partition]
-        batch = codec.decode(message, BATCH_SCHEMA)
-        assert batch["stage"] == "feature"
-        assert before <= batch["created_at"] <= int(time.time() * 1000)
-        assert len(batch["batch_id"]) == 32
+        want = batch.take(np.flatnonzero(batch.partitions == partition))
+        assert columns(unpack(codec, message, partition=partition)) == columns(want)
+        record = codec.decode(message, BATCH_SCHEMA)
+        assert record["stage"] == "feature"
+        assert before <= record["created_at"] <= int(time.time() * 1000)
+        assert (record["count"], record["feature_width"]) == (10, 2)
+        assert len(record["batch_id"]) == 32
+
+
+def test_batch_ids_are_unique(codec: Codec) -> None:
+    batch = batch_of(12, partitions=[i % 4 for i in range(12)])
+    packed = list(pack(codec, batch, stage="ingest")) + list(pack(codec, batch, stage="ingest"))
     ids = {codec.decode(message, BATCH_SCHEMA)["batch_id"] for _, message in packed}
-    assert len(ids) == 3
+    assert len(packed) == 8
+    assert len(ids) == 8
 
 
 def test_pack_of_nothing_yields_nothing(codec: Codec) -> None:
-    assert list(pack(codec, [], stage="ingest")) == []
+    assert list(pack(codec, Batch.from_envelopes([]), stage="ingest")) == []
+    assert list(pack(codec, batch_of(3).take([]), stage="ingest")) == []
+
+
+def test_unpack_reads_the_partition_it_is_told(codec: Codec) -> None:
+    [(partition, message)] = list(pack(codec, batch_of(4, partitions=[2] * 4), stage="ingest"))
+    assert partition == 2
+    assert unpack(codec, message, partition=5).partitions.tolist() == [5] * 4
+    assert unpack(codec, message).partitions.tolist() == [0] * 4
 
 
 def test_chunks_hold_at_most_2000_events_in_order(codec: Codec) -> None:
-    pairs = [(0, envelope(i)) for i in range(4_500)] + [(5, envelope(9_999))]
-    packed = list(pack(codec, pairs, stage="ingest"))
-    sizes = [(partition, len(unpack(codec, message))) for partition, message in packed]
-    assert sizes == [(0, 2_000), (0, 2_000), (0, 500), (5, 1)]
-    offsets = [env["source_offset"] for p, m in packed if p == 0 for env in unpack(codec, m)]
-    assert offsets == list(range(4_500))
+    batch = Batch.concat([batch_of(4_500, partitions=[0] * 4_500),
+                          batch_of(1, partitions=[5], start=9_999)])
+    batch.headers = [[] for _ in range(len(batch))]  # small events: the count limit decides
+    packed = list(pack(codec, batch, stage="ingest"))
+    again = unpacked(codec, packed)
+    assert MAX_BATCH_EVENTS == 2_000
+    assert [(p, len(b)) for (p, _), b in zip(packed, again, strict=True)] == [
+        (0, 2_000), (0, 2_000), (0, 500), (5, 1)]
+    assert [o for b in again[:3] for o in offsets(b)] == list(range(4_500))
+    assert offsets(again[3]) == [9_999]
 
 
 def test_exactly_2000_events_make_one_message(codec: Codec) -> None:
-    packed = list(pack(codec, [(1, envelope(i)) for i in range(2_000)], stage="ingest"))
+    packed = list(pack(codec, batch_of(2_000, partitions=[1] * 2_000), stage="ingest"))
     assert len(packed) == 1
+    assert len(unpack(codec, packed[0][1])) == 2_000
 
 
 def test_large_events_are_chunked_under_the_broker_message_limit(codec: Codec) -> None:
     big = b"x" * 100_000
-    pairs = [(2, envelope(i, value=big)) for i in range(40)]
-    packed = list(pack(codec, pairs, stage="ingest"))
+    batch = Batch.from_envelopes([envelope(i, value=big) for i in range(40)],
+                                 partitions=[2] * 40)
+    packed = list(pack(codec, batch, stage="ingest"))
     assert len(packed) > 1
     assert all(len(message) < BROKER_MESSAGE_LIMIT for _, message in packed)
-    events = [env for _, message in packed for env in unpack(codec, message)]
-    assert [env["source_offset"] for env in events] == list(range(40))
-    # one event larger than the budget still goes out, alone
-    huge = list(pack(codec, [(0, envelope(0, value=b"y" * 700_000)), (0, envelope(1))],
-                     stage="ingest"))
-    assert [len(unpack(codec, message)) for _, message in huge] == [1, 1]
+    assert [o for b in unpacked(codec, packed) for o in offsets(b)] == list(range(40))
+
+
+def test_a_huge_event_goes_out_alone(codec: Codec) -> None:
+    batch = Batch.from_envelopes([envelope(0, value=b"y" * 700_000), envelope(1)])
+    packed = list(pack(codec, batch, stage="ingest"))
+    assert [len(b) for b in unpacked(codec, packed)] == [1, 1]
+    assert 700_000 < len(packed[0][1]) < BROKER_MESSAGE_LIMIT
+    assert unpack(codec, packed[0][1]).values == [b"y" * 700_000]
+
+
+def test_chunking_counts_keys_and_headers(codec: Codec) -> None:
+    batch = batch_of(2_000)
+    batch.headers = [[{"key": "trace", "value": b"t" * 600}] for _ in range(len(batch))]
+    batch.keys = [b"k" * 100] * len(batch)
+    packed = list(pack(codec, batch, stage="ingest"))
+    assert len(packed) > 1
+    assert all(len(message) <= MAX_BATCH_BYTES for _, message in packed)
+    assert sum(len(b) for b in unpacked(codec, packed)) == 2_000
+
+
+def test_chunking_counts_the_fields_as_well_as_the_value(codec: Codec) -> None:
+    # ingest keeps the event twice, as the original value and as the decoded fields
+    records = [source_record(i, payload="z" * 100_000) for i in range(30)]
+    batch = ingested(codec, records, partitions=1)
+    packed = list(pack(codec, batch, stage="ingest"))
+    again = unpacked(codec, packed)
+    assert all(len(b) > 1 for b in again)
+    assert all(len(message) <= MAX_BATCH_BYTES for _, message in packed)
+    assert [o for b in again for o in offsets(b)] == [r.offset for r in records]
+
+
+def test_unpack_of_garbage_is_a_codec_error(codec: Codec) -> None:
+    with pytest.raises(CodecError):
+        unpack(codec, b"\xff not a batch")
+
+
+def test_a_hand_built_column_record_unpacks(codec: Codec) -> None:
+    batch = unpack(codec, codec.encode(BATCH_SCHEMA, column_record(3)), partition=1)
+    assert batch.event_ids == ["e0", "e1", "e2"]
+    assert batch.event_times.tolist() == [0, 1, 2]
+    assert batch.features.shape == (3, 0)
+    assert batch.fields == [b"{}"] * 3
+    assert batch.feature_quality == []
+
+
+DISAGREEING_COLUMNS: list[tuple[str, Any]] = [
+    ("event_ids", ["e0", "e1"]),
+    ("values", [b"v"] * 4),
+    ("headers", [[]]),
+    ("keys", []),
+    ("fields", [b"{}"]),  # optional, so empty would do; one of three does not
+    ("feature_quality", ["ok", "ok"]),
+    ("event_times", np.arange(2, dtype="<i8").tobytes()),
+    ("source_partitions", b"\x00" * 7),  # not a whole number of int32s
+    ("features", b"\x00" * 8),  # width 0: no bytes at all
+    ("feature_width", 2),  # but no features
+]
+
+
+@pytest.mark.parametrize(("column", "wrong"),
+                         [pytest.param(c, w, id=c) for c, w in DISAGREEING_COLUMNS])
+def test_columns_that_disagree_in_length_are_a_bad_batch(codec: Codec, column: str,
+                                                          wrong: Any) -> None:
+    record = column_record(3)
+    record[column] = wrong
+    message = codec.encode(BATCH_SCHEMA, record)
+    with pytest.raises(BadBatchError) as raised:
+        unpack(codec, message)
+    assert raised.value.code == "BAD_BATCH"
+    assert isinstance(raised.value, CodecError)
+
+
+# the legacy per-event format
+
+
+def test_a_legacy_event_batch_decodes_into_an_equal_batch(codec: Codec) -> None:
+    envelopes = [envelope(i, features=[float(i), -0.0, 1e300], quality="ok") for i in range(5)]
+    batch = unpack(codec, legacy_message(codec, envelopes), partition=4)
+    assert columns(batch) == columns(Batch.from_envelopes(envelopes, partitions=[4] * 5))
+    assert batch.features.shape == (5, 3)
+    assert batch.features[:, 0].tolist() == [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert batch.feature_quality == ["ok"] * 5
+    assert batch.partitions.tolist() == [4] * 5
+    # the same events in the columnar format decode alike
+    [(_, message)] = list(pack(codec, Batch.from_envelopes(envelopes), stage="feature"))
+    assert columns(unpack(codec, message, partition=4)) == columns(batch)
+
+
+def test_a_legacy_batch_before_features_has_width_zero(codec: Codec) -> None:
+    envelopes = [envelope(i) for i in range(3)]
+    batch = unpack(codec, legacy_message(codec, envelopes))
+    assert columns(batch) == columns(Batch.from_envelopes(envelopes))
+    assert batch.features.shape == (3, 0)
+    assert batch.feature_quality == []
+    assert [r["n"] for r in batch.records()] == [0, 1, 2]
+
+
+def test_from_envelopes_with_mixed_feature_vector_sizes_is_a_bad_batch(codec: Codec) -> None:
+    mixed = [envelope(0, features=[1.0, 2.0]), envelope(1, features=[1.0])]
+    with pytest.raises(BadBatchError, match="mixed sizes"):
+        Batch.from_envelopes(mixed)
+    with pytest.raises(BadBatchError, match="mixed sizes"):
+        unpack(codec, legacy_message(codec, mixed))
+    ragged = envelope(0)
+    ragged["feature_vector"] = b"\x00" * 12  # one and a half float64s
+    with pytest.raises(BadBatchError):
+        Batch.from_envelopes([ragged])
+
+
+def test_from_envelopes_defaults() -> None:
+    bare = envelope(7)
+    del bare["feature_vector"], bare["account_id"], bare["feature_quality"]
+    batch = Batch.from_envelopes([bare])
+    assert batch.account_ids == [""]
+    assert batch.partitions.tolist() == [0]
+    assert batch.features.shape == (1, 0)
+    assert batch.feature_quality == []
+    empty = Batch.from_envelopes([])
+    assert len(empty) == 0
+    assert empty.features.shape == (0, 0)
+
+
+# the input record, ages and fields
+
+
+def test_source_is_the_input_record(codec: Codec) -> None:
+    original = source_record(0, key=None)
+    batch = ingested(codec, [original])
+    assert batch.source(0) == original
+    assert batch.source(0).headers == HEADERS  # in order, None kept
+    [(partition, message)] = list(pack(codec, batch, stage="ingest"))
+    assert unpack(codec, message, partition=partition).source(0) == original
+
+
+def test_every_source_survives_routing_to_partitions(codec: Codec) -> None:
+    records = [source_record(i, key=f"k{i}".encode() if i % 2 else None) for i in range(20)]
+    batch = ingested(codec, records)
+    assert [batch.source(i) for i in range(len(batch))] == records
+    again = unpacked(codec, list(pack(codec, batch, stage="ingest")))
+    assert len(again) > 1
+    sources = [b.source(i) for b in again for i in range(len(b))]
+    assert sorted(sources, key=lambda s: s.offset) == records
+
+
+def test_ages_are_milliseconds_since_ingest() -> None:
+    now = int(time.time() * 1000)
+    batch = Batch.from_envelopes([envelope(0, ingested_at=now - 1_000),
+                                  envelope(1, ingested_at=now - 5)])
+    ages = batch.ages_ms()
+    assert len(ages) == 2
+    assert 1_000 <= ages[0] < 61_000
+    assert 5 <= ages[1] < 60_005
+    assert ages[0] - ages[1] == pytest.approx(995)
+    assert Batch.from_envelopes([]).ages_ms() == []
+
+
+def test_records_are_the_parsed_fields(codec: Codec) -> None:
+    batch = ingested(codec, [source_record(i) for i in range(3)], partitions=1)
+    records = batch.records()
+    assert [r["event_id"] for r in records] == batch.event_ids
+    assert [r["account_id"] for r in records] == ["acct-0", "acct-1", "acct-2"]
+    assert Batch.from_envelopes([]).records() == []
+
+
+def test_records_of_a_batch_without_fields_is_a_bad_batch() -> None:
+    featured = batch_of(2).with_features(np.zeros((2, 1)), ["ok", "ok"])
+    with pytest.raises(BadBatchError, match="fields"):
+        featured.records()
+    assert featured.take([]).records() == []
+
+
+# with_features
+
+
+def payload_nan() -> float:
+    """A quiet NaN with a payload, which only a bit-for-bit copy keeps."""
+    value: float = np.array([0x7FF8_0000_DEAD_BEEF], dtype=np.uint64).view(np.float64)[0]
+    return value
+
+
+def test_with_features_round_trips_float64s_bit_for_bit(codec: Codec) -> None:
+    matrix = np.array([
+        [-0.0, np.nan, 1.7976931348623157e308],
+        [5e-324, -np.inf, 123_456_789.123_456_789],
+        [np.inf, payload_nan(), -1e-300],
+    ], dtype=np.float64)
+    batch = batch_of(3, partitions=[1, 1, 1])
+    featured = batch.with_features(matrix, ["ok", "missing_amount", "ok"])
+    assert featured.fields == []
+    assert batch.fields != []  # the original batch is untouched
+    assert featured.feature_quality == ["ok", "missing_amount", "ok"]
+    assert featured.features.tobytes() == matrix.tobytes()
+    [(partition, message)] = list(pack(codec, featured, stage="feature"))
+    again = unpack(codec, message, partition=partition)
+    assert again.features.tobytes() == matrix.tobytes()
+    assert bool(np.signbit(again.features[0, 0]))
+    assert again.fields == []
+    assert columns(again) == columns(featured)
+    assert codec.decode(message, BATCH_SCHEMA)["fields"] == []
+
+
+def test_with_features_of_a_strided_matrix_sends_its_rows(codec: Codec) -> None:
+    wide = np.arange(12, dtype=np.float64).reshape(3, 4)
+    strided = wide[:, ::2]  # columns 0 and 2, not contiguous
+    featured = batch_of(3).with_features(strided, ["ok"] * 3)
+    [(_, message)] = list(pack(codec, featured, stage="feature"))
+    assert unpack(codec, message).features.tolist() == [[0.0, 2.0], [4.0, 6.0], [8.0, 10.0]]
+
+
+# take and concat
+
+
+def test_take_picks_events_in_the_given_order() -> None:
+    batch = batch_of(5, partitions=[0, 1, 2, 3, 4], width=2)
+    picked = batch.take([3, 0, 4])
+    assert rows(picked) == [rows(batch)[i] for i in (3, 0, 4)]
+    assert picked.event_ids == [batch.event_ids[i] for i in (3, 0, 4)]
+    assert picked.partitions.tolist() == [3, 0, 4]
+    assert picked.features.tolist() == [[3.0, 3.125], [0.0, 0.125], [4.0, 4.125]]
+    assert picked.source(1) == batch.source(0)
+    assert rows(batch.take(np.array([4, 4]))) == [rows(batch)[4]] * 2
+
+
+def test_take_of_every_event_in_order_is_the_batch_itself() -> None:
+    batch = batch_of(4)
+    assert batch.take(range(4)) is batch
+    assert batch.take(np.arange(4)) is batch
+    assert batch.take([0, 1, 3, 2]) is not batch
+    empty = Batch.from_envelopes([])
+    assert empty.take([]) is empty
+
+
+def test_take_of_nothing_is_an_empty_batch_of_the_same_width() -> None:
+    batch = batch_of(4, width=3)
+    none = batch.take([])
+    assert len(none) == 0
+    assert none.features.shape == (0, 3)
+    assert all(len(getattr(none, name)) == 0 for name in COLUMNS)
+
+
+def test_take_keeps_a_missing_optional_column_missing() -> None:
+    featured = batch_of(3).with_features(np.ones((3, 2)), ["ok", "a", "b"])
+    picked = featured.take([2, 1])
+    assert picked.fields == []
+    assert picked.feature_quality == ["b", "a"]
+
+
+def test_concat_keeps_order() -> None:
+    first = batch_of(3, partitions=[1, 1, 1], width=2)
+    second = batch_of(2, partitions=[2, 2], width=2, start=3)
+    joined = Batch.concat([first, second])
+    assert rows(joined) == rows(first) + rows(second)
+    assert offsets(joined) == [0, 1, 2, 3, 4]
+    assert joined.partitions.tolist() == [1, 1, 1, 2, 2]
+    assert joined.features.shape == (5, 2)
+
+
+def test_concat_of_one_or_none() -> None:
+    only = batch_of(2)
+    assert Batch.concat([only]) is only
+    nothing = Batch.concat([])
+    assert len(nothing) == 0
+    assert nothing.features.shape == (0, 0)
+
+
+def test_concat_of_optional_columns() -> None:
+    plain = batch_of(2)
+    featured = [batch_of(2, start=s).with_features(np.ones((2, 1)), ["ok", "x"]) for s in (0, 2)]
+    both = Batch.concat(featured)
+    assert both.fields == []
+    assert both.feature_quality == ["ok", "x", "ok", "x"]
+    with_empty = Batch.concat([plain, Batch.from_envelopes([]), batch_of(1, start=2)])
+    assert len(with_empty.fields) == 3
+    assert [r["n"] for r in with_empty.records()] == [0, 1, 2]
+    # a legacy batch still carries its fields after the feature stage; the whole has none
+    mixed = Batch.concat([plain.with_features(np.ones((2, 1)), ["ok", "ok"]),
+                          batch_of(1, width=1)])
+    assert (len(mixed), mixed.fields) == (3, [])
+    with pytest.raises(BadBatchError, match="fields"):
+        mixed.records()
+
+
+def test_concat_ignores_empty_batches_whatever_their_width() -> None:
+    joined = Batch.concat([batch_of(0, width=5), batch_of(2, width=2), batch_of(0)])
+    assert joined.features.shape == (2, 2)
+
+
+def test_concat_of_different_feature_widths_is_a_bad_batch() -> None:
+    with pytest.raises(BadBatchError, match="feature widths"):
+        Batch.concat([batch_of(2, width=2), batch_of(2, width=3)])
+
+
+# Kafka's default partitioner
 
 
 @pytest.mark.parametrize(("key", "java_hash"), JAVA_MURMUR2.items())
@@ -123,27 +533,11 @@ def test_partition_for_agrees_with_aiokafkas_default_partitioner() -> None:
             assert partition_for(key, partitions) == expected, (key, partitions)
 
 
-def test_envelope_source_is_the_input_record(codec: Codec) -> None:
-    original = SourceRecord(topic="p.events", partition=5, offset=77, timestamp=NOW_MS - 9,
-                            key=None, value=b'{"event_id": "x"}',
-                            headers=[("a", b"1"), ("none", None), ("a", b"2")])
-    event = {"event_id": "8c5e0c1e-6f0a-4d8e-9a53-0c3f1c7b2a11", "event_time": NOW_MS - 1,
-             "account_id": "acct-1"}
-    record = SourceRecord(topic=original.topic, partition=original.partition,
-                          offset=original.offset, timestamp=original.timestamp, key=original.key,
-                          value=json.dumps(event).encode(), headers=original.headers)
-    [(_, env)] = ingest_batch([record], codec=codec, dedupe=Dedupe(), now_ms=NOW_MS)[0]
-    assert envelope_source(env) == record
-    [(_, message)] = list(pack(codec, [(0, env)], stage="ingest"))
-    assert envelope_source(unpack(codec, message)[0]) == record
-
-
-def test_ages_are_milliseconds_since_ingest() -> None:
-    now = time.time() * 1000
-    envelopes = [{"ingested_at": now - 1_000}, {"ingested_at": now - 5}]
-    ages = ages_ms(envelopes)
-    assert len(ages) == 2
-    assert 1_000 <= ages[0] < 61_000
-    assert 5 <= ages[1] < 60_005
-    assert ages[0] - ages[1] == pytest.approx(995)
-    assert ages_ms([]) == []
+def test_partition_for_is_cached_per_key_and_partition_count() -> None:
+    partition_for.cache_clear()
+    first = partition_for("acct-cached", 6)
+    assert partition_for("acct-cached", 6) == first
+    expected = DefaultPartitioner()(b"acct-cached", list(range(7)), [])
+    assert partition_for("acct-cached", 7) == expected
+    info = partition_for.cache_info()
+    assert (info.hits, info.misses) == (1, 2)

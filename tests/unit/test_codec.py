@@ -91,6 +91,18 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "tidegate.internal.EventBatch": {
         "batch_id": "b-1", "stage": "ingest", "created_at": T0, "events": [ENVELOPE, ENVELOPE],
     },
+    "tidegate.internal.EventColumns": {
+        "batch_id": "b-2", "stage": "feature", "created_at": T0, "count": 2,
+        "event_ids": ["e-1", "e-2"], "trace_ids": ["t1", "t2"],
+        "traceparents": ["00-t1-s1-01", "00-t2-s2-01"], "account_ids": ["a-1", ""],
+        "event_times": struct.pack("<2q", T0, T0 + 1), "ingested_at": struct.pack("<2q", T0, T0),
+        "fields": [], "source_topics": ["events", "events"],
+        "source_partitions": struct.pack("<2i", 0, 5), "source_offsets": struct.pack("<2q", 7, 8),
+        "source_timestamps": struct.pack("<2q", -1, T0), "keys": [None, b"k"],
+        "values": [b"{}", b"\x00\x01"], "headers": [[], [{"key": "h", "value": None}]],
+        "feature_quality": ["ok", "no_state"], "feature_width": 1,
+        "features": struct.pack("<2d", 0.5, -3.25),
+    },
 }  # fmt: skip
 
 CARD_FIELDS = [

@@ -13,6 +13,7 @@ import pytest
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
+from tidegate.batches import Batch
 from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.codec import Codec
 from tidegate.control import StageMode, command
@@ -166,40 +167,45 @@ def test_a_model_failure_in_sklearn_falls_back(sklearn_chain: ScoringChain) -> N
     assert wrong_width.scores.tolist() == [0.0, 0.0]
 
 
-def envelopes(n: int, *, age_ms: float = 250.0) -> list[dict[str, Any]]:
+def envelopes(n: int, *, age_ms: float = 250.0, accounts: Sequence[str] = ()) -> Batch:
     ingested = int(time.time() * 1000 - age_ms)
-    return [{"event_id": f"e-{i}", "trace_id": f"{i:032x}", "event_time": 1_700_000_000_000 + i,
-             "ingested_at": ingested, "feature_quality": "" if i % 2 == 0 else "imputed:age"}
-            for i in range(n)]
+    return Batch.from_envelopes([
+        {"event_id": f"e-{i}", "trace_id": f"{i:032x}", "traceparent": f"00-{i:032x}-{i:016x}-01",
+         "event_time": 1_700_000_000_000 + i, "ingested_at": ingested,
+         "account_id": accounts[i] if accounts else f"acct-{i}", "fields": b"{}",
+         "source_topic": "events", "source_partition": 0, "source_offset": i,
+         "source_timestamp": -1, "key": None, "value": b"{}", "headers": [],
+         "feature_quality": "" if i % 2 == 0 else "imputed:age"}
+        for i in range(n)])
 
 
 def test_prediction_records_describe_the_answer() -> None:
     result = ScoreResult(np.array([0.1, 0.5, 0.9]), "fallback", "f:v4", 0.5)
-    envs = envelopes(3)
+    envs = envelopes(3, accounts=["acct-1", "", "acct-3"])
     before = time.time() * 1000
-    records = predictions(envs, result, ["acct-1", None, "acct-3"])
+    records = predictions(envs, result)
     after = time.time() * 1000
     assert [r["event_id"] for r in records] == ["e-0", "e-1", "e-2"]
-    assert [r["trace_id"] for r in records] == [env["trace_id"] for env in envs]
+    assert [r["trace_id"] for r in records] == envs.trace_ids
     assert [r["account_id"] for r in records] == ["acct-1", None, "acct-3"]
     assert [r["score"] for r in records] == [0.1, 0.5, 0.9]
     assert [r["label"] for r in records] == [False, True, True]  # score >= threshold
     assert {r["threshold"] for r in records} == {0.5}
     assert {r["path"] for r in records} == {"fallback"}
     assert {r["model_version"] for r in records} == {"f:v4"}
-    assert [r["event_time"] for r in records] == [env["event_time"] for env in envs]
+    assert [r["event_time"] for r in records] == envs.event_times.tolist()
     assert [r["feature_quality"] for r in records] == ["ok", "imputed:age", "ok"]
     assert not any(r["shed"] for r in records)
-    for record, env in zip(records, envs, strict=True):
+    for record, ingested_at in zip(records, envs.ingested_at.tolist(), strict=True):
         assert before - 1 <= record["predicted_at"] <= after
         assert record["latency_ms"] >= 250.0
         assert record["latency_ms"] == pytest.approx(
-            record["predicted_at"] - env["ingested_at"], abs=1.0)
+            record["predicted_at"] - ingested_at, abs=1.0)
 
 
 def test_static_predictions_are_never_flagged_at_threshold_one() -> None:
     result = chain(FailingScorer("p"), FailingScorer("f"), static=0.0).score(np.zeros((2, 3)))
-    records = predictions(envelopes(2), result, ["a", "b"])
+    records = predictions(envelopes(2), result)
     assert [(r["path"], r["model_version"], r["label"]) for r in records] == [
         ("static", "static", False)] * 2
 
@@ -209,15 +215,15 @@ def test_every_prediction_fits_the_schema(sklearn_chain: ScoringChain) -> None:
     matrix = np.random.default_rng(1).normal(size=(6, WIDTH))
     for skip in ((), ("primary",), ("primary", "fallback")):
         result = sklearn_chain.score(matrix, skip=skip)
-        records = predictions(envelopes(6), result, [f"acct-{i}" for i in range(6)])
+        records = predictions(envelopes(6), result)
         for record in records:
             assert codec.decode(codec.encode(PREDICTION, record)) == record
 
 
-def test_predictions_need_one_account_per_envelope() -> None:
+def test_predictions_need_one_score_per_event() -> None:
     result = ScoreResult(np.array([0.1, 0.2]), "primary", "p:v1", 0.5)
     with pytest.raises(ValueError):
-        predictions(envelopes(2), result, ["only-one"])
+        predictions(envelopes(3), result)
 
 
 class SwitchableScorer(FixedScorer):
@@ -310,7 +316,7 @@ def test_the_switch_serves_the_pinned_version_and_the_threshold_command(
                         issuer="t")
     mode = _mode(_pin("promote", "v2"), threshold)
     assert switch.sync(mode) is None and scoring.score(matrix).threshold == 0.45
-    records = predictions(envelopes(4), scoring.score(matrix), ["a"] * 4)
+    records = predictions(envelopes(4), scoring.score(matrix))
     assert {(r["model_version"], r["threshold"]) for r in records} == {(f"{PRIMARY}:v2", 0.45)}
     switch.switch_now(_mode(_pin("promote", "v2"), _pin("rollback", "v1"), threshold))
     assert scoring.score(matrix).version == f"{PRIMARY}:v1"

@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from tidegate.batches import pack, unpack
+from tidegate.batches import Batch, pack, unpack
 from tidegate.codec import Codec
 from tidegate.deadletter import CONTEXT_PREFIX, DeadLetter, Headers, SourceRecord, context_of
 from tidegate.example.badrecords import ALL_KINDS, BadKind, BadRecordInjector
@@ -132,9 +132,15 @@ def test_envelopes_fit_the_batch_schema_and_round_trip(
     records = [source(codec.encode(SCHEMA, event), offset=i) for i, event in enumerate(events)]
     accepted, dead = ingest(records, codec)
     assert dead == []
-    [(partition, message)] = list(pack(codec, [(3, env) for _, env in accepted], stage=STAGE))
+    envelopes = [env for _, env in accepted]
+    batch = Batch.from_envelopes(envelopes, partitions=[3] * len(envelopes))
+    [(partition, message)] = list(pack(codec, batch, stage=STAGE))
     assert partition == 3
-    assert unpack(codec, message) == [env for _, env in accepted]
+    again = unpack(codec, message, partition=3)
+    assert again.event_ids == [env["event_id"] for env in envelopes]
+    assert again.fields == [env["fields"] for env in envelopes]
+    assert [again.source(i).value for i in range(len(again))] == [
+        env["value"] for env in envelopes]
 
 
 def test_order_is_kept_and_good_and_bad_are_split(
