@@ -42,16 +42,19 @@ STAGES = ("ingest", "validation", "feature", "inference", "monitoring")
 
 
 @contextmanager
-def _cluster(settings: Settings) -> Iterator[str]:
-    """The configured cluster, or a fresh embedded broker that lives as long as the bench."""
+def _cluster(settings: Settings) -> Iterator[tuple[str, int | None]]:
+    """The configured cluster, or a fresh embedded broker that lives as long as the bench.
+
+    Yields the bootstrap servers and the embedded broker's pid (None for a configured cluster).
+    """
     if settings.kafka_bootstrap_servers:
-        yield settings.kafka_bootstrap_servers
+        yield settings.kafka_bootstrap_servers, None
         return
     with tempfile.TemporaryDirectory(prefix="tidegate-bench-") as tmp:
         scratch = settings.model_copy(update={"data_dir": Path(tmp)})
         state = start_broker(scratch, die_with_parent=True)
         try:
-            yield state.bootstrap
+            yield state.bootstrap, state.pid
         finally:
             stop_broker(scratch)
 
@@ -198,8 +201,8 @@ def _stage_commands(workers: int) -> dict[str, list[str]]:
     return commands
 
 
-def _pipeline(settings: Settings, bootstrap: str, *, events: int,
-              half_rate_seconds: float, workers: int = 1) -> dict[str, Any]:
+def _pipeline(settings: Settings, bootstrap: str, *, events: int, half_rate_seconds: float,
+              workers: int = 1, broker_pid: int | None = None) -> dict[str, Any]:
     prefix = f"bench{int(time.time())}."
     env_settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap,
                                                "topic_prefix": prefix})
@@ -216,13 +219,17 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int,
     watcher = _PredictionWatcher(bootstrap, prefix + "predictions")
     watcher.start()
     supervisor.start()
+
+    def pids() -> dict[str, int | None]:
+        return {**supervisor.pids(), **({"broker": broker_pid} if broker_pid else {})}
+
     try:
         # Warm-up: the stages join their groups and load the models.
         warm = list(example_messages(2000, seed=1, events_per_second=1e6))
         _fill(bootstrap, prefix + "events", [m.value for m in warm], [m.key for m in warm])
         if not watcher.wait_for(len(warm), timeout=120):
             raise RuntimeError(f"pipeline did not start: {len(watcher.seen)} of {len(warm)}")
-        before = _usage(supervisor.pids())
+        before = _usage(pids())
         load = list(example_messages(events, seed=2, events_per_second=1e6))
         watcher.seen.clear()
         began = time.time()
@@ -230,7 +237,7 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int,
         complete = watcher.wait_for(len(load), timeout=600)
         finished = max(t for t, _ in watcher.seen) if watcher.seen else time.time()
         max_rate = len(watcher.seen) / (finished - began)
-        after = _usage(supervisor.pids())
+        after = _usage(pids())
         half = max(100.0, max_rate / 2)
         count = int(half * half_rate_seconds)
         steady = list(example_messages(count, seed=3, events_per_second=half))
@@ -239,10 +246,11 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int,
         start_ms = int(time.time() * 1000) + 1000  # restamping takes a moment; start after it
         shifted = _restamp(steady, start_ms, half)
         time.sleep(max(0.0, start_ms / 1000 - time.time()))
+        steady_before = _usage(pids())
         _fill(bootstrap, prefix + "events", shifted, [m.key for m in steady], rate=half)
         watcher.wait_for(count, timeout=120)
         latencies = np.array([arrival * 1000 - event_ms for arrival, event_ms in watcher.seen])
-        usage = _usage(supervisor.pids())
+        usage = _usage(pids())
     finally:
         watcher.stopping.set()
         supervisor.stop()
@@ -254,8 +262,11 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int,
         "half_rate": {"events_per_s": half, "events": count,
                       "p50_ms": float(np.percentile(latencies, 50)),
                       "p95_ms": float(np.percentile(latencies, 95)),
-                      "p99_ms": float(np.percentile(latencies, 99))},
-        "peak_rss_mb": _per_stage({s: usage[s]["peak_rss_mb"] for s in usage}, max),
+                      "p99_ms": float(np.percentile(latencies, 99)),
+                      "cpu_s": _per_stage({s: usage[s]["cpu_s"] - steady_before[s]["cpu_s"]
+                                           for s in usage}, sum)},
+        "peak_rss_mb": _per_stage({s: usage[s]["peak_rss_mb"] for s in usage
+                                   if s != "broker"}, max),
     }
 
 
@@ -282,11 +293,12 @@ def run_bench(settings: Settings, *, events: int = 100_000, half_rate_seconds: f
     """Every measurement, as plain data (see ``render``)."""
     sample = [m.value for m in example_messages(events, seed=2, events_per_second=1e6)]
     size = int(np.mean([len(v) for v in sample]))
-    with _cluster(settings) as bootstrap:
+    with _cluster(settings) as (bootstrap, broker_pid):
         ceiling = broker_ceiling(settings, bootstrap, records=events, size=size)
         raw = raw_passthrough(bootstrap, sample)
         pipeline = _pipeline(settings, bootstrap, events=events,
-                             half_rate_seconds=half_rate_seconds, workers=workers)
+                             half_rate_seconds=half_rate_seconds, workers=workers,
+                             broker_pid=broker_pid)
     rate = pipeline["max_rate"]["events_per_s"]
     return {
         "machine": {"cpus": _cpus(), "python": sys.version.split()[0]},
@@ -294,6 +306,11 @@ def run_bench(settings: Settings, *, events: int = 100_000, half_rate_seconds: f
         "ratios": {"pipeline_over_raw": rate / raw["events_per_s"],
                    "pipeline_over_ceiling": rate / min(ceiling.values())},
     }
+
+
+def _per_event(run: dict[str, Any]) -> str:
+    """CPU microseconds per event of each process (the broker too, when it is embedded)."""
+    return ", ".join(f"{s} {c / run['events'] * 1e6:.0f} µs" for s, c in run["cpu_s"].items())
 
 
 def _cpus() -> int:
@@ -319,8 +336,8 @@ def render(report: dict[str, Any]) -> str:
         f"p99 {p['half_rate']['p99_ms']:.0f} ms (event time to prediction)",
         f"ratios: pipeline/raw {report['ratios']['pipeline_over_raw']:.2f}, "
         f"pipeline/ceiling {report['ratios']['pipeline_over_ceiling']:.3f}",
-        "per stage (max-rate run): " + ", ".join(
-            f"{s} {c:.1f} cpu-s" for s, c in p["max_rate"]["cpu_s"].items()),
+        "cpu per event, max rate: " + _per_event(p["max_rate"]),
+        "cpu per event, half rate: " + _per_event(p["half_rate"]),
         "peak RSS: " + ", ".join(f"{s} {m:.0f} MB" for s, m in p["peak_rss_mb"].items()),
     ]
     return "\n".join(lines)

@@ -93,10 +93,18 @@ class BatchReader:
         if self._on_revoke is not None and partitions:
             self._on_revoke([tp.partition for tp in partitions])
 
-    async def next_batch(self, size: int, within: float) -> list[ReaderEvent]:
-        """Up to ``size`` records, waiting at most ``within`` seconds for the first."""
+    async def next_batch(self, size: int, within: float, linger: float = 0.0
+                         ) -> list[ReaderEvent]:
+        """Up to ``size`` records: waits at most ``within`` seconds for the first, then at most
+        ``linger`` seconds for the batch to fill.
+
+        (librdkafka's ``consume(size, timeout)`` waits out the whole timeout unless ``size``
+        records arrive, so a single call made every hop of a lightly loaded pipeline wait the
+        full ``within``. With no linger at all, a stage loops on tiny batches and the broker
+        spends more per event on the requests than the stages on the events.)
+        """
         loop = asyncio.get_running_loop()
-        messages = await loop.run_in_executor(None, self._consumer.consume, size, within)
+        messages = await loop.run_in_executor(None, self._take, size, within, linger)
         events = []
         for message in messages:
             error = message.error()
@@ -109,9 +117,15 @@ class BatchReader:
                 topic=message.topic() or self.topic, partition=message.partition() or 0,
                 offset=message.offset() or 0, timestamp=stamp / 1000 if stamp > 0 else 0.0,
                 key=message.key(), value=message.value(),
-                headers=list(message.headers() or ()),  # type: ignore[arg-type]
+                headers=list(message.headers() or ()),
             )))
         return events
+
+    def _take(self, size: int, within: float, linger: float) -> list[Any]:
+        first = self._consumer.poll(within)
+        if first is None:
+            return []
+        return [first, *self._consumer.consume(size - 1, linger)] if size > 1 else [first]
 
     def next_offsets(self, events: Sequence[ReaderEvent]) -> list[TopicPartition]:
         """The offsets to commit once ``events`` are delivered: one past each partition's last."""

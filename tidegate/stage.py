@@ -180,7 +180,8 @@ class StageRuntime:
                 transaction_timeout=self.settings.transaction_timeout,
                 deadline=self.settings.delivery_deadline)
 
-        size, within = batch_messages(self.settings, self.topics.source), self.settings.batch_within
+        size = batch_messages(self.settings, self.topics.source)
+        within, linger = self.settings.batch_within, self.settings.batch_linger
 
         async def read() -> None:
             try:
@@ -189,7 +190,7 @@ class StageRuntime:
                         reader.pause()  # keeps polling, so the group keeps the member
                     else:
                         reader.resume()
-                    events = await reader.next_batch(size, within)
+                    events = await reader.next_batch(size, within, linger)
                     if not events:
                         continue
                     offsets = reader.next_offsets(events)
