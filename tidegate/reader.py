@@ -17,15 +17,19 @@ Example::
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
 from tidegate.settings import ClientConfig
 
 __all__ = ["QUEUED_MIN_MESSAGES", "BatchReader", "ReaderEvent", "ReaderMessage"]
+
+log = logging.getLogger("tidegate.reader")
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,7 +66,7 @@ class BatchReader:
 
     def __init__(self, config: ClientConfig, *, topic: str, group: str,
                  on_assign: Partitions | None = None, on_revoke: Partitions | None = None,
-                 prefetch_kbytes: int = 16384) -> None:
+                 prefetch_kbytes: int = 16384, commit_interval: float = 0.5) -> None:
         self._consumer = Consumer({
             "auto.offset.reset": "earliest", "enable.auto.commit": False,
             "partition.assignment.strategy": "cooperative-sticky", "log_level": 3,
@@ -78,18 +82,30 @@ class BatchReader:
         })
         self._on_assign, self._on_revoke = on_assign, on_revoke
         self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked,
-                                 on_lost=self._revoked)
+                                 on_lost=self._lost)
         self.topic = topic
         self._positions: dict[int, int] = {}
         self._paused = False
+        self._uncommitted: dict[int, int] = {}  # partition -> next offset, delivered
+        self._commit_interval = commit_interval
+        self._next_commit = 0.0
 
     def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         if self._on_assign is not None and partitions:
             self._on_assign([tp.partition for tp in partitions])
 
     def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        gone = {tp.partition for tp in partitions}
+        handover = [TopicPartition(self.topic, p, o) for p, o in self._uncommitted.items()
+                    if p in gone]
+        if handover:  # the next owner starts where this one got to
+            self._commit_now(handover)
+        self._lost(_consumer, partitions)
+
+    def _lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._positions.pop(tp.partition, None)
+            self._uncommitted.pop(tp.partition, None)
         if self._on_revoke is not None and partitions:
             self._on_revoke([tp.partition for tp in partitions])
 
@@ -105,6 +121,8 @@ class BatchReader:
         """
         loop = asyncio.get_running_loop()
         messages = await loop.run_in_executor(None, self._take, size, within, linger)
+        if not messages:
+            self._commit_due()  # idle: what was delivered gets committed all the same
         events = []
         for message in messages:
             error = message.error()
@@ -141,11 +159,34 @@ class BatchReader:
             self._positions[tp.partition] = tp.offset - 1
 
     def commit(self, events: Sequence[ReaderEvent]) -> None:
-        """Commit past every event of a delivered batch (asynchronously)."""
+        """Commit past every event of a delivered batch: asynchronously, at most once per
+        ``commit_interval`` (and at once for partitions being revoked, and on close).
+
+        A commit per batch made offset commits about a sixth of the broker's work; a crash now
+        repeats at most the last interval's events, which at-least-once allows.
+        """
         offsets = self.next_offsets(events)
         if offsets:
+            # a partition revoked while the batch was read now belongs to another reader:
+            # committing its offset could move that reader's position backwards
+            owned = {tp.partition for tp in self._consumer.assignment()}
+            offsets = [tp for tp in offsets if tp.partition in owned]
             self.delivered(offsets)
+            self._uncommitted.update((tp.partition, tp.offset) for tp in offsets)
+        self._commit_due()
+
+    def _commit_due(self) -> None:
+        if self._uncommitted and time.monotonic() >= self._next_commit:
+            offsets = [TopicPartition(self.topic, p, o) for p, o in self._uncommitted.items()]
+            self._uncommitted.clear()
+            self._next_commit = time.monotonic() + self._commit_interval
             self._consumer.commit(offsets=offsets, asynchronous=True)
+
+    def _commit_now(self, offsets: list[TopicPartition]) -> None:
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # the next owner repeats these events: at-least-once
+            log.warning("could not commit %s before handing it over: %s", self.topic, exc)
 
     def group_metadata(self) -> Any:
         """The consumer group's metadata, for committing offsets inside a transaction."""
@@ -177,4 +218,8 @@ class BatchReader:
         return total
 
     def close(self) -> Any:
+        if self._uncommitted:
+            self._commit_now([TopicPartition(self.topic, p, o)
+                              for p, o in self._uncommitted.items()])
+            self._uncommitted.clear()
         return self._consumer.close()
