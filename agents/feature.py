@@ -10,7 +10,7 @@ import faust
 
 from tidegate.batches import Batch, pack
 from tidegate.cluster import client_config
-from tidegate.features import AccountState, compute_features
+from tidegate.features import AccountState, compute_features, decode_state, encode_state
 from tidegate.settings import Settings
 from tidegate.stage import Outgoing, StageRuntime
 from tidegate.state import ChangelogStore, StateWrite
@@ -103,7 +103,8 @@ def _account_store(runtime: StageRuntime) -> AccountStore:
     settings = runtime.settings
     if settings.reader == "librdkafka":
         store = ChangelogStore(client_config(settings), topic=runtime.name(ACCOUNTS),
-                               max_keys=settings.feature_state_max_accounts)
+                               max_keys=settings.feature_state_max_accounts,
+                               encode=encode_state, decode=decode_state)
         runtime.staged.append(store)
         runtime.on_assign, runtime.on_revoke = store.restore, store.forget
         return store

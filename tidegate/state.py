@@ -25,7 +25,7 @@ import json
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
@@ -40,12 +40,22 @@ log = logging.getLogger("tidegate.state")
 StateWrite = tuple[str, bytes, bytes, int]  # topic, key, value, partition
 
 
+def _json(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":")).encode()
+
+
 class ChangelogStore:
-    """Keyed JSON state per partition; restored from, and written to, a compacted topic."""
+    """Keyed state per partition; restored from, and written to, a compacted topic.
+
+    Values are JSON unless ``encode`` and ``decode`` say otherwise. A value that ``decode``
+    refuses (``ValueError``) is kept as its raw bytes, for the owner to judge.
+    """
 
     def __init__(self, config: ClientConfig, *, topic: str, max_keys: int = 200_000,
-                 restore_timeout: float = 60.0) -> None:
+                 restore_timeout: float = 60.0, encode: Callable[[Any], bytes] = _json,
+                 decode: Callable[[bytes], Any] = json.loads) -> None:
         self.topic = topic
+        self._encode, self._decode = encode, decode
         self._config = config
         self._max_keys = max_keys
         self._restore_timeout = restore_timeout
@@ -74,8 +84,7 @@ class ChangelogStore:
         so a batch retried message by message does not apply its events twice.
         """
         self._pending.call[(partition, key)] = value
-        return (self.topic, key.encode(), json.dumps(value, separators=(",", ":")).encode(),
-                partition)
+        return self.topic, key.encode(), self._encode(value), partition
 
     def keep(self) -> None:
         self._pending.keep()
@@ -93,6 +102,12 @@ class ChangelogStore:
         self._values.move_to_end((partition, key))
         while len(self._values) > self._max_keys:
             self._values.popitem(last=False)
+
+    def _decoded(self, value: bytes) -> Any:
+        try:
+            return self._decode(value)
+        except ValueError:
+            return value
 
     def forget(self, partitions: Iterable[int]) -> None:
         """Forget the state of revoked partitions."""
@@ -132,7 +147,7 @@ class ChangelogStore:
                     if value is None:  # a tombstone
                         self._values.pop((partition, key.decode()), None)
                     else:
-                        self._set(partition, key.decode(), json.loads(value))
+                        self._set(partition, key.decode(), self._decoded(value))
                     read += 1
         finally:
             consumer.close()

@@ -16,6 +16,8 @@ from tidegate.features import (
     MERCHANT_CATEGORIES,
     AccountState,
     compute_features,
+    decode_state,
+    encode_state,
 )
 
 pytestmark = pytest.mark.unit
@@ -158,3 +160,46 @@ def test_one_batch_equals_record_by_record_with_state_carried() -> None:
         rows.append(single.matrix[0])
     np.testing.assert_allclose(whole.matrix, np.vstack(rows), rtol=1e-12, atol=1e-12)
     assert np.isfinite(whole.matrix).all()
+
+
+def _states_after(records: list[dict[str, Any]]) -> dict[str, AccountState]:
+    _, states = compute_features(records, {}, now_ms=T0)
+    return states
+
+
+def test_state_bytes_round_trip_and_the_first_json_layout_still_reads() -> None:
+    records = [_rec(t=T0 + k * 60_000, amount=10.0 + k, country=("DE", "FR")[k % 2])
+               for k in range(80)]
+    state = _states_after(records)["acct-1"]
+    data = encode_state(state)
+    assert decode_state(data) == state
+    assert len(state["times"]) == 50  # a full ring, the largest state
+    legacy = json.dumps(state, separators=(",", ":")).encode()
+    assert decode_state(legacy) == state
+    assert len(data) < len(legacy)
+
+
+@pytest.mark.parametrize("data", [
+    b"", b"\x02\x00", b"\x07" + bytes(60), b'{"n": "many"}', b"{not json",
+    encode_state(_states_after([_rec()])["acct-1"])[:-3],  # countries cut short
+    encode_state(_states_after([_rec()])["acct-1"])[:-2] + b"[]",  # countries not an object
+])
+def test_unreadable_state_bytes_are_a_value_error(data: bytes) -> None:
+    with pytest.raises(ValueError):
+        decode_state(data)
+
+
+def test_a_restored_state_scores_like_the_one_kept_in_memory() -> None:
+    first = [_rec(t=T0 + k * 60_000, amount=5.0 * (k + 1)) for k in range(20)]
+    later = [_rec(t=T0 + 30 * 60_000 + k * 1000, amount=300.0) for k in range(3)]
+    kept = _states_after(first)
+    restored = {key: decode_state(encode_state(value)) for key, value in kept.items()}
+    from_memory, _ = compute_features(later, dict(kept), now_ms=T0)
+    from_changelog, _ = compute_features(later, dict(restored), now_ms=T0)
+    np.testing.assert_array_equal(from_memory.matrix, from_changelog.matrix)
+    assert from_memory.quality == from_changelog.quality
+
+
+def test_state_the_store_could_not_decode_is_flagged_bad() -> None:
+    batch, _ = compute_features([_rec()], {"acct-1": b"\x09junk"}, now_ms=T0)  # type: ignore[dict-item]
+    assert "bad_state" in batch.quality[0]
