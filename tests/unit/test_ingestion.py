@@ -452,3 +452,13 @@ def test_ingest_stamps_trace_context_on_every_envelope(
     fresh = {envelopes[1]["trace_id"], envelopes[2]["trace_id"]}
     assert len(fresh) == 2 and TRACE_ID not in fresh
     assert envelopes[1]["headers"] == []  # the original headers are carried, not rewritten
+
+
+def test_every_event_of_a_batch_gets_its_own_trace_and_span_ids(
+        codec: Codec, events: list[dict[str, object]]) -> None:
+    accepted, _ = ingest([source(as_json(event), offset=i) for i, event in enumerate(events)],
+                         codec)
+    spans = [TRACEPARENT.match(str(env["traceparent"])) for _, env in accepted]
+    assert len(accepted) == len(events) and all(spans)
+    assert len({env["trace_id"] for _, env in accepted}) == len(events)
+    assert len({span.group(2) for span in spans if span}) == len(events)
