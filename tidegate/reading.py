@@ -25,6 +25,7 @@ from confluent_kafka import (
 )
 
 from tidegate.errors import BrokerError
+from tidegate.retry import retry_sync, stop_after_delay, wait_fixed
 from tidegate.settings import ClientConfig
 
 __all__ = ["Message", "read_topic"]
@@ -88,14 +89,12 @@ def read_topic(
 def _watermarks(consumer: Consumer, tp: TopicPartition, *,
                 timeout: float = 15.0) -> tuple[int, int]:
     """Low and high watermark; a new topic's leader may take a moment to be known."""
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            low, high = consumer.get_watermark_offsets(tp, timeout=5)
-            return int(low), int(high)
-        except KafkaException as exc:
-            # librdkafka does not flag NOT_LEADER_FOR_PARTITION as retriable, though a topic
-            # created a moment ago answers with it until its leader is elected: retry any error
-            if time.monotonic() > deadline:
-                raise BrokerError(f"reading {tp.topic}: {exc.args[0].str()}") from exc
-            time.sleep(0.2)
+    try:
+        # librdkafka does not flag NOT_LEADER_FOR_PARTITION as retriable, though a topic
+        # created a moment ago answers with it until its leader is elected: retry any error
+        low, high = retry_sync(lambda: consumer.get_watermark_offsets(tp, timeout=5),
+                               stop=stop_after_delay(timeout), wait=wait_fixed(0.2),
+                               retry_on=KafkaException)
+    except KafkaException as exc:
+        raise BrokerError(f"reading {tp.topic}: {exc.args[0].str()}") from exc
+    return int(low), int(high)

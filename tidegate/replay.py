@@ -28,6 +28,7 @@ from tidegate.codec import Codec
 from tidegate.deadletter import Headers, context_of, header_value
 from tidegate.errors import BrokerError, CodecError, ConfigError
 from tidegate.ingestion import REPLAY_HEADER
+from tidegate.retry import retry_sync, stop_after_delay, wait_fixed
 from tidegate.settings import ClientConfig
 from tidegate.topics import CATALOG, STAGES
 
@@ -268,14 +269,11 @@ def _ranges(consumer: Consumer, topic: str, from_beginning: bool, target: str | 
 
 def _retrying(doing: str, call: Callable[[], Any], deadline: float = 30.0) -> Any:
     """A new group's coordinator (or a new ``__consumer_offsets``) takes a moment to be ready."""
-    began = time.monotonic()
-    while True:
-        try:
-            return call()
-        except KafkaException as exc:
-            if time.monotonic() - began > deadline:
-                raise BrokerError(f"{doing}: {exc.args[0].str()}") from exc
-            time.sleep(0.5)
+    try:
+        return retry_sync(call, stop=stop_after_delay(deadline), wait=wait_fixed(0.5),
+                          retry_on=KafkaException)
+    except KafkaException as exc:
+        raise BrokerError(f"{doing}: {exc.args[0].str()}") from exc
 
 
 def _scan(consumer: Consumer, topic: str, ranges: Mapping[int, tuple[int, int]],

@@ -14,6 +14,11 @@ Example::
         wait=wait_exponential_jitter(0.1, 2.0),
         retry_on=(SchemaRegistryUnavailableError, TimeoutError),
     )
+
+:func:`retry_sync` is the same loop for blocking code (librdkafka's synchronous calls)::
+
+    offsets = retry_sync(lambda: consumer.committed(parts, 10), stop=stop_after_delay(30.0),
+                         wait=wait_fixed(0.5), retry_on=KafkaException)
 """
 
 from __future__ import annotations
@@ -43,8 +48,8 @@ from tidegate.errors import (
 
 __all__ = [
     "ErrorKind", "RetryOn", "RetryState", "Stop", "Wait", "classify", "retry_async",
-    "retry_if_transient", "stop_after_attempt", "stop_after_delay", "stop_before_delay",
-    "wait_exponential", "wait_exponential_jitter", "wait_fixed",
+    "retry_if_transient", "retry_sync", "stop_after_attempt", "stop_after_delay",
+    "stop_before_delay", "wait_exponential", "wait_exponential_jitter", "wait_fixed",
 ]
 
 log = logging.getLogger("tidegate.retry")
@@ -215,17 +220,56 @@ async def retry_async(
         try:
             return await fn()
         except Exception as exc:
-            if not should_retry(exc):
+            state = _after_failure(exc, attempt, began, should_retry, stop, wait, on_retry, clock)
+            if state is None:
                 raise
-            state = RetryState(attempt=attempt, elapsed=clock() - began, error=exc)
-            state.upcoming_sleep = max(0.0, wait(state))
-            if stop(state):
-                raise
-            log.debug("attempt %d failed (%s: %s); retrying in %.2f s",
-                      attempt, type(exc).__name__, exc, state.upcoming_sleep)
-            if on_retry is not None:
-                on_retry(state)
         await sleep(state.upcoming_sleep)
+
+
+def retry_sync(
+    fn: Callable[[], T],
+    *,
+    stop: Stop,
+    wait: Wait,
+    retry_on: RetryOn = retry_if_transient,
+    on_retry: Callable[[RetryState], None] | None = None,
+    sleep: Callable[[float], object] = time.sleep,
+    clock: Callable[[], float] = time.monotonic,
+) -> T:
+    """Call ``fn()`` until it answers, an error is not retried, or ``stop`` says so.
+
+    :func:`retry_async` for blocking code, with the same policies and the same delays; it blocks
+    the thread while it sleeps, so call it from a worker thread, never on an event loop.
+    """
+    should_retry = _predicate(retry_on)
+    began, attempt = clock(), 0
+    while True:
+        attempt += 1
+        try:
+            return fn()
+        except Exception as exc:
+            state = _after_failure(exc, attempt, began, should_retry, stop, wait, on_retry, clock)
+            if state is None:
+                raise
+        sleep(state.upcoming_sleep)
+
+
+def _after_failure(exc: Exception, attempt: int, began: float,
+                   should_retry: Callable[[BaseException], bool], stop: Stop, wait: Wait,
+                   on_retry: Callable[[RetryState], None] | None,
+                   clock: Callable[[], float]) -> RetryState | None:
+    """The state whose ``upcoming_sleep`` precedes the next attempt, or None: re-raise ``exc``."""
+    if not should_retry(exc):
+        return None
+    state = RetryState(attempt=attempt, elapsed=clock() - began, error=exc)
+    state.upcoming_sleep = max(0.0, wait(state))
+    if stop(state):
+        return None
+    log.debug("attempt %d failed (%s: %s); retrying in %.2f s",
+              attempt, type(exc).__name__, exc, state.upcoming_sleep)
+    if on_retry is not None:
+        on_retry(state)
+    return state
 
 
 def _predicate(retry_on: RetryOn) -> Callable[[BaseException], bool]:

@@ -25,11 +25,20 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from tidegate.delivery import Message
+from tidegate.retry import (
+    RetryState,
+    retry_sync,
+    stop_after_attempt,
+    stop_after_delay,
+    stop_before_delay,
+    wait_exponential,
+    wait_fixed,
+)
 from tidegate.settings import ClientConfig
 
 __all__ = ["TransactionError", "TransactionalOutbox"]
@@ -80,22 +89,26 @@ class TransactionalOutbox:
     def _commit(self, messages: Sequence[Message], offsets: list[TopicPartition],
                 group_metadata: Any) -> None:
         deadline = time.monotonic() + self._deadline
-        delay = 0.1
-        for attempt in range(_ATTEMPTS):
-            try:
-                self._init()
-                self._once(messages, offsets, group_metadata, deadline)
-                return
-            except KafkaException as exc:
-                error: KafkaError = exc.args[0]
-                if error.fatal() or not error.txn_requires_abort():
-                    raise TransactionError(f"transaction failed: {error.str()}") from exc
-                if attempt == _ATTEMPTS - 1 or time.monotonic() + delay > deadline:
-                    raise TransactionError(f"transaction kept aborting: {error.str()}") from exc
-                log.warning("transaction aborted (%s); producing the batch again", error.str())
-                self._abort()
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+
+        def attempt() -> None:
+            self._init()
+            self._once(messages, offsets, group_metadata, deadline)
+
+        try:
+            retry_sync(attempt, stop=stop_after_attempt(_ATTEMPTS) | stop_before_delay(
+                self._deadline), wait=wait_exponential(0.1, 5.0), retry_on=_abortable,
+                on_retry=self._aborted)
+        except KafkaException as exc:
+            error: KafkaError = exc.args[0]
+            if not _abortable(exc):
+                raise TransactionError(f"transaction failed: {error.str()}") from exc
+            raise TransactionError(f"transaction kept aborting: {error.str()}") from exc
+
+    def _aborted(self, state: RetryState) -> None:
+        """Before the next attempt: abort the transaction the broker gave up on."""
+        error: KafkaError = cast(KafkaException, state.error).args[0]
+        log.warning("transaction aborted (%s); producing the batch again", error.str())
+        self._abort()
 
     def _once(self, messages: Sequence[Message], offsets: list[TopicPartition],
               group_metadata: Any, deadline: float) -> None:
@@ -118,15 +131,8 @@ class TransactionalOutbox:
 
     def _retrying(self, operation: Callable[[], object], deadline: float) -> None:
         """Repeat an operation the broker refused for a retriable reason, inside the deadline."""
-        while True:
-            try:
-                operation()
-                return
-            except KafkaException as exc:
-                error: KafkaError = exc.args[0]
-                if not error.retriable() or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.1)
+        retry_sync(operation, stop=stop_after_delay(deadline - time.monotonic()),
+                   wait=wait_fixed(0.1), retry_on=_retriable)
 
     def _abort(self) -> None:
         try:
@@ -136,3 +142,16 @@ class TransactionalOutbox:
 
     def close(self) -> None:
         self._producer.flush(1.0)
+
+
+def _abortable(exc: BaseException) -> bool:
+    """An abortable transaction failure: abort, then produce the batch again."""
+    if not isinstance(exc, KafkaException):
+        return False
+    error: KafkaError = exc.args[0]
+    return not error.fatal() and bool(error.txn_requires_abort())
+
+
+def _retriable(exc: BaseException) -> bool:
+    """A call the broker refused for now: the same call may succeed in a moment."""
+    return isinstance(exc, KafkaException) and bool(exc.args[0].retriable())

@@ -1,4 +1,4 @@
-"""Retry policies, backoff with full jitter, retry_async and the error classification table.
+"""Retry policies, backoff with full jitter, retry_async, retry_sync and the classification table.
 
 A fake sleep advances a fake clock, so deadlines are exact and nothing really sleeps.
 """
@@ -46,6 +46,7 @@ from tidegate.retry import (
     classify,
     retry_async,
     retry_if_transient,
+    retry_sync,
     stop_after_attempt,
     stop_after_delay,
     stop_before_delay,
@@ -60,7 +61,7 @@ T = TypeVar("T")
 
 
 class FakeTime:
-    """A clock and an async sleep that moves it; remembers every pause."""
+    """A clock and a sleep (blocking or async) that moves it; remembers every pause."""
 
     def __init__(self) -> None:
         self.now = 0.0
@@ -69,9 +70,12 @@ class FakeTime:
     def clock(self) -> float:
         return self.now
 
-    async def sleep(self, seconds: float) -> None:
+    def pause(self, seconds: float) -> None:
         self.sleeps.append(seconds)
         self.now += seconds
+
+    async def sleep(self, seconds: float) -> None:
+        self.pause(seconds)
 
 
 class Flaky:
@@ -82,12 +86,15 @@ class Flaky:
         self.time, self.errors, self.answer, self.duration = time, errors, answer, duration
         self.calls: list[float] = []
 
-    async def __call__(self) -> str:
+    def call(self) -> str:
         self.calls.append(self.time.now)
         self.time.now += self.duration
         if len(self.calls) <= len(self.errors):
             raise self.errors[len(self.calls) - 1]
         return self.answer
+
+    async def __call__(self) -> str:
+        return self.call()
 
 
 def run(fn: Callable[[], Awaitable[T]], time: FakeTime, *, stop: Stop, wait: Wait,
@@ -95,6 +102,12 @@ def run(fn: Callable[[], Awaitable[T]], time: FakeTime, *, stop: Stop, wait: Wai
         on_retry: Callable[[RetryState], None] | None = None) -> T:
     return asyncio.run(retry_async(fn, stop=stop, wait=wait, retry_on=retry_on,
                                    on_retry=on_retry, sleep=time.sleep, clock=time.clock))
+
+
+def run_sync(fn: Flaky, *, stop: Stop, wait: Wait, retry_on: RetryOn = retry_if_transient,
+             on_retry: Callable[[RetryState], None] | None = None) -> str:
+    return retry_sync(fn.call, stop=stop, wait=wait, retry_on=retry_on, on_retry=on_retry,
+                      sleep=fn.time.pause, clock=fn.time.clock)
 
 
 def timeouts(n: int) -> list[BaseException]:
@@ -334,3 +347,106 @@ def test_classification_follows_subclasses() -> None:
 
     assert classify(CustomCodecError("x")) == "poison"
     assert classify(CustomRulesError("x")) == "fatal"
+
+
+def kafka_retriable(exc: BaseException) -> bool:
+    return isinstance(exc, KafkaException) and bool(exc.args[0].retriable())
+
+
+def test_sync_answers_after_transient_failures() -> None:
+    time = FakeTime()
+    fn = Flaky(time, timeouts(2), duration=0.25)
+    retries: list[tuple[int, float, str]] = []
+    result = run_sync(fn, stop=stop_after_attempt(5), wait=wait_fixed(1.0),
+                      on_retry=lambda s: retries.append((s.attempt, s.elapsed, str(s.error))))
+    assert result == "ok"
+    assert fn.calls == [0.0, 1.25, 2.5]
+    assert retries == [(1, 0.25, "attempt 1"), (2, 1.5, "attempt 2")]
+    assert time.sleeps == [1.0, 1.0]
+
+
+def test_sync_gives_up_at_the_deadline_with_the_last_error() -> None:
+    time = FakeTime()
+    errors = timeouts(100)
+    fn = Flaky(time, errors, duration=0.5)
+    with pytest.raises(TimeoutError) as raised:
+        run_sync(fn, stop=stop_after_delay(4.0), wait=wait_fixed(1.0))
+    # the third attempt ends at 3.5 s, under 4 s, so a fourth runs; it ends at 5 s: give up
+    assert fn.calls == [0.0, 1.5, 3.0, 4.5]
+    assert raised.value is errors[3]
+    assert time.sleeps == [1.0, 1.0, 1.0] and time.now == 5.0
+
+
+def test_sync_starts_no_retry_that_would_begin_past_the_deadline() -> None:
+    time = FakeTime()
+    errors = timeouts(100)
+    fn = Flaky(time, errors)
+    with pytest.raises(TimeoutError) as raised:
+        run_sync(fn, stop=stop_after_attempt(10) | stop_before_delay(3.5), wait=wait_fixed(1.0))
+    assert fn.calls == [0.0, 1.0, 2.0, 3.0]
+    assert raised.value is errors[3]
+    assert time.sleeps == [1.0, 1.0, 1.0]  # none after the last attempt
+
+
+@pytest.mark.parametrize(("error", "retry_on"), [
+    (ValueError("not retried"), (TimeoutError,)),
+    (InvalidJsonError("{"), retry_if_transient),
+    (BreakerOpenError("model:x", State.OPEN, 3.0), retry_if_transient),
+    (kafka(KafkaError.TOPIC_AUTHORIZATION_FAILED), kafka_retriable),
+    (KeyboardInterrupt(), lambda _exc: True),
+])
+def test_sync_passes_errors_that_are_not_retried_through_at_once(
+        error: BaseException, retry_on: RetryOn) -> None:
+    time = FakeTime()
+    fn = Flaky(time, [error])
+    retries: list[RetryState] = []
+    with pytest.raises(type(error)) as raised:
+        run_sync(fn, stop=stop_after_attempt(5), wait=wait_fixed(1.0), retry_on=retry_on,
+                 on_retry=retries.append)
+    assert raised.value is error
+    assert len(fn.calls) == 1
+    assert time.sleeps == [] and retries == []
+
+
+def test_sync_retries_only_what_the_predicate_accepts() -> None:
+    time = FakeTime()
+    refused = kafka(KafkaError.COORDINATOR_NOT_AVAILABLE, retriable=True)
+    denied = kafka(KafkaError.TOPIC_AUTHORIZATION_FAILED)
+    fn = Flaky(time, [refused, refused, denied])
+    with pytest.raises(KafkaException) as raised:
+        run_sync(fn, stop=stop_after_attempt(10), wait=wait_fixed(0.1), retry_on=kafka_retriable)
+    assert raised.value is denied
+    assert len(fn.calls) == 3
+    assert time.sleeps == [0.1, 0.1]
+
+
+def test_sync_delays_grow_and_are_jittered_within_bounds() -> None:
+    time = FakeTime()
+    fn = Flaky(time, timeouts(20))
+    rng = random.Random(11)
+    assert run_sync(fn, stop=stop_after_attempt(21),
+                    wait=wait_exponential_jitter(0.1, 5.0, rand=rng.random)) == "ok"
+    ceilings = [min(5.0, 0.1 * 2 ** n) for n in range(20)]
+    assert all(0.0 <= pause <= cap for pause, cap in zip(time.sleeps, ceilings, strict=True))
+    assert len(set(time.sleeps)) == 20  # jittered, not in lockstep
+    assert max(time.sleeps[:3]) <= 0.4 < max(time.sleeps[-5:])  # and growing
+
+
+def test_sync_and_async_wait_the_same() -> None:
+    def pauses(runner: Callable[[Flaky, Wait], object]) -> list[float]:
+        fn = Flaky(FakeTime(), timeouts(8))
+        runner(fn, wait_exponential_jitter(0.1, 2.0, rand=random.Random(3).random))
+        return fn.time.sleeps
+
+    blocking = pauses(lambda fn, wait: run_sync(fn, stop=stop_after_attempt(9), wait=wait))
+    awaited = pauses(lambda fn, wait: run(fn, fn.time, stop=stop_after_attempt(9), wait=wait))
+    assert blocking == awaited and len(blocking) == 8
+
+
+def test_sync_never_sleeps_after_the_last_attempt() -> None:
+    time = FakeTime()
+    fn = Flaky(time, timeouts(10))
+    with pytest.raises(TimeoutError):
+        run_sync(fn, stop=stop_after_attempt(3), wait=wait_exponential(0.1, 1.0))
+    assert time.sleeps == pytest.approx([0.1, 0.2])
+    assert time.now == pytest.approx(0.3)
