@@ -6,7 +6,8 @@ decoded only when its label arrives) and the control
 topic (so an operator's command takes a condition out of monitoring's hands). Every health
 interval ``assess`` asks the :class:`~tidegate.analyst.Analyst` what changed, publishes alert
 transitions to the alerts topic and issues its control commands, each with the alert as its
-reason; a rollback goes through the model registry first (``tidegate.lifecycle.rollback``).
+reason; a rollback goes through the model registry first (``tidegate.lifecycle.rollback``), and
+the recent actions show the command that step sent, with its id, not the analyst's draft.
 
 Example::
 
@@ -90,6 +91,7 @@ class Oversight:
                                              drift_min_events=settings.drift_min_events))
         self.registry = ModelRegistry(settings.registry_dir)
         self.served: str | None = None
+        self.unknown: str | None = None  # the version last looked up and not in the registry
         self._alerts_topic = runtime.name(by_key("alerts"))
         self._encode_alert = runtime.codec.encoder("tidegate.Alert", topic=self._alerts_topic)
         self.join = LazyJoin(self.analyst, runtime.codec.decode)
@@ -130,19 +132,26 @@ class Oversight:
         now = time.time()
         self.board.on_health(record, now=now)
         self.analyst.on_health(record, now)
-        if record.get("stage") == "inference" and record.get("model_version") != self.served:
-            self.reference(record.get("model_version"))
+        version = record.get("model_version")
+        if record.get("stage") == "inference" and version not in (self.served, self.unknown):
+            self.reference(version)
 
     def reference(self, served: str | None) -> None:
-        """Tell the analyst which version serves, its reference, baselines and previous."""
+        """Tell the analyst which version serves, its reference, baselines and previous.
+
+        A ``served`` version the registry does not hold is remembered in ``unknown``, so the
+        registry is read once per version inference reports, not once per health event; the
+        production version stands in for it meanwhile.
+        """
         try:
             versions = self.registry.list(PRIMARY)
         except TidegateError as exc:  # no registry yet: nothing to compare against
             log.info("no model reference: %s", exc)
             return
         name, _, number = (served or "").partition(":")
-        current = next((mv for mv in versions if name == PRIMARY and mv.version == number),
-                       None) or next((mv for mv in versions if mv.stage == "production"), None)
+        found = next((mv for mv in versions if name == PRIMARY and mv.version == number), None)
+        self.unknown = None if found else served
+        current = found or next((mv for mv in versions if mv.stage == "production"), None)
         if current is None:
             return
         earlier = [mv for mv in versions if mv.version != current.version
@@ -170,18 +179,32 @@ class Oversight:
                 log.warning("automatic actions are off; not issuing %s %s: %s",
                             record["action"], record["target"], record["reason"])
                 continue
-            await asyncio.get_running_loop().run_in_executor(None, self._issue, record)
+            sent = await asyncio.get_running_loop().run_in_executor(None, self._issue, record)
+            if sent is not None and sent is not record:
+                self._record_sent(record, sent)
 
-    def _issue(self, record: Mapping[str, Any]) -> None:
+    def _issue(self, record: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        """Send ``record``; the command that went to the control topic, None if none did."""
         try:
             if record["action"] == "rollback":  # the registry first, then the pin
                 done = rollback(self.runtime.settings, PRIMARY, reason=record["reason"],
                                 issuer=record["issuer"])
                 log.warning("rolled %s back to %s", PRIMARY, done.version.version)
-            else:
-                issue_command(self.runtime.settings, record)
+                return done.command
+            issue_command(self.runtime.settings, record)
+            return record
         except TidegateError as exc:
             log.error("could not issue %s %s: %s", record["action"], record["target"], exc)
+            return None
+
+    def _record_sent(self, record: Mapping[str, Any], sent: Mapping[str, Any]) -> None:
+        """Show ``sent``, with its own id, in place of the analyst's ``record`` among the recent
+        actions: a rollback's command is built by the registry step, not by the analyst."""
+        actions = self.analyst.actions
+        for index in range(len(actions) - 1, -1, -1):
+            if actions[index]["id"] == record["id"]:
+                actions[index] = dict(sent)
+                return
 
     def snapshot(self) -> dict[str, Any]:
         """The board plus crisis levels, alerts, drift, accuracy and actions."""
