@@ -23,8 +23,10 @@ def report() -> dict[str, Any]:
             "workers_per_stage": 1,
             "max_rate": {"events": 100_000, "complete": True, "events_per_s": 7_000.0,
                          "cpu_s": {"ingest": 4.5, "inference": 3.5, "broker": 9.9}},
-            "half_rate": {"events_per_s": 3_500.0, "events": 70_000, "p50_ms": 401.2,
-                          "p95_ms": 650.0, "p99_ms": 712.9,
+            "half_rate": {"events_per_s": 3_500.0, "events": 70_000, "given": False,
+                          "p50_ms": 401.2, "p95_ms": 650.0, "p99_ms": 712.9,
+                          "written_p50_ms": 390.0, "written_p99_ms": 700.4,
+                          "send_lag_p50_ms": 0.0, "send_lag_p99_ms": 12.6,
                           "cpu_s": {"ingest": 5.6, "inference": 4.2, "broker": 14.0}},
             "peak_rss_mb": {"ingest": 131.6, "inference": 213.0},
         },
@@ -48,11 +50,20 @@ def test_the_report_names_every_figure() -> None:
     assert "produce     50,000 events/s, consume    100,000 events/s" in text
     assert "pipeline maximum:      7,000 events/s (100000 events, five stages, " \
            "1 process(es) per data stage)" in text
-    assert "latency p50 401 ms, p95 650 ms, p99 713 ms" in text
+    assert "pipeline at half:      3,500 events/s: latency p50 401 ms, p95 650 ms, p99 713 ms" \
+        in text
+    assert "written: p50 390 ms, p99 700 ms" in text
+    assert "sends were late by p50 0 ms, p99 13 ms" in text
     assert "cpu per event, max rate: ingest 45 µs, inference 35 µs, broker 99 µs" in text
-    assert "cpu per event, half rate: ingest 80 µs, inference 60 µs, broker 200 µs" in text
+    assert "cpu per event, latency run: ingest 80 µs, inference 60 µs, broker 200 µs" in text
     assert "peak RSS: ingest 132 MB, inference 213 MB" in text
     assert "pipeline/raw 0.06" in text
+
+
+def test_a_set_latency_rate_is_named_as_such() -> None:
+    given = report()
+    given["pipeline"]["half_rate"]["given"] = True
+    assert "pipeline at set:      3,500 events/s" in render(given)
 
 
 def test_data_stages_get_workers_and_monitoring_stays_single() -> None:

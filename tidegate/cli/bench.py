@@ -19,9 +19,12 @@ __all__ = ["bench"]
               show_default=True, help="How long the half-rate (latency) run lasts.")
 @click.option("--workers", type=click.IntRange(1, 6), default=1, show_default=True,
               help="Processes per data stage (the topics have 6 partitions).")
+@click.option("--latency-rate", type=click.FloatRange(min=10), default=None,
+              help="Events/s of the latency run (default: half the measured maximum).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the full report as JSON here.")
-def bench(events: int, half_rate_seconds: float, workers: int, json_path: Path | None) -> None:
+def bench(events: int, half_rate_seconds: float, workers: int, latency_rate: float | None,
+          json_path: Path | None) -> None:
     """Measure events/s, latency percentiles, CPU and memory per stage.
 
     Uses KAFKA_BOOTSTRAP_SERVERS if set, else a fresh embedded broker for the run.
@@ -29,7 +32,7 @@ def bench(events: int, half_rate_seconds: float, workers: int, json_path: Path |
     from tidegate.bench import render, run_bench
 
     report = run_bench(load_settings(), events=events, half_rate_seconds=half_rate_seconds,
-                       workers=workers)
+                       workers=workers, latency_rate=latency_rate)
     click.echo(render(report))
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2))
