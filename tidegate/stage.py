@@ -48,7 +48,8 @@ from tidegate.topics import STAGES, TopicSpec, by_key
 from tidegate.transactions import TransactionalOutbox
 
 __all__ = [
-    "EXIT_DELIVERY", "Outgoing", "StageRuntime", "Staged", "batch_messages", "source_record",
+    "EXIT_DELIVERY", "Outgoing", "StageRuntime", "Staged", "batch_messages", "read_linger",
+    "source_record",
 ]
 
 log = logging.getLogger("tidegate.stage")
@@ -60,6 +61,13 @@ def batch_messages(settings: Settings, source: TopicSpec) -> int:
     """Messages per read: ``batch_size`` events, or on an internal topic, whose messages are
     batches of up to 2,000 events (512 KiB), one 64th of it: 8 messages, 4 MiB by default."""
     return max(1, settings.batch_size // 64) if source.internal else settings.batch_size
+
+
+def read_linger(settings: Settings, source: TopicSpec) -> float:
+    """How long a read waits for its batch to fill after the first record: ``batch_linger`` on a
+    public topic (one event per message); none on an internal one, whose messages are batches
+    already and arrive in bursts, one per partition, at the pace of the stage before."""
+    return 0.0 if source.internal else settings.batch_linger
 
 
 class StageRuntime:
@@ -181,7 +189,7 @@ class StageRuntime:
                 deadline=self.settings.delivery_deadline)
 
         size = batch_messages(self.settings, self.topics.source)
-        within, linger = self.settings.batch_within, self.settings.batch_linger
+        within, linger = self.settings.batch_within, read_linger(self.settings, self.topics.source)
 
         async def read() -> None:
             try:
