@@ -1,0 +1,30 @@
+"""How much a stage reads at once, and how long it waits for a batch to fill."""
+
+from __future__ import annotations
+
+import pytest
+
+from tidegate.settings import Settings
+from tidegate.stage import batch_messages, read_linger
+from tidegate.topics import by_key
+
+pytestmark = pytest.mark.unit
+
+
+def test_the_input_topic_is_read_in_events_and_waits_for_the_batch_to_fill() -> None:
+    settings = Settings(batch_size=300, batch_linger=0.04)
+    events = by_key("events")
+    assert (batch_messages(settings, events), read_linger(settings, events)) == (300, 0.04)
+
+
+@pytest.mark.parametrize("key", ["ingested", "validated", "features"])
+def test_internal_topics_are_read_in_batch_messages_without_waiting_for_more(key: str) -> None:
+    settings = Settings(batch_size=512, batch_linger=0.04)
+    topic = by_key(key)
+    assert (batch_messages(settings, topic), read_linger(settings, topic)) == (8, 0.0)
+    assert batch_messages(Settings(batch_size=10), topic) == 1  # never none
+
+
+def test_a_negative_linger_is_refused() -> None:
+    with pytest.raises(ValueError, match="batch_linger"):
+        Settings(batch_linger=-0.1)
