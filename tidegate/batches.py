@@ -29,8 +29,9 @@ import numpy.typing as npt
 from aiokafka.partitioner import murmur2
 
 from tidegate.codec import Codec, Record
-from tidegate.deadletter import SourceRecord
+from tidegate.deadletter import DeadLetter, SourceRecord
 from tidegate.errors import CodecError
+from tidegate.outputs import source_record
 
 __all__ = [
     "BATCH_SCHEMA",
@@ -39,9 +40,11 @@ __all__ = [
     "MAX_BATCH_EVENTS",
     "BadBatchError",
     "Batch",
+    "event_letters",
     "pack",
     "partition_for",
     "unpack",
+    "unpack_messages",
 ]
 
 BATCH_SCHEMA = "tidegate.internal.EventColumns"
@@ -302,3 +305,34 @@ def _columns(record: Record, partition: int) -> Batch:
             raise BadBatchError(f"column {column} has {len(value)} entries for {n} events")
         columns[column] = value
     return Batch(**columns, partitions=np.full(n, partition, dtype=np.int64))
+
+
+def unpack_messages(codec: Codec, events: Sequence[Any], *, stage: str
+                    ) -> tuple[list[Batch], list[DeadLetter]]:
+    """The batches of internal batch messages (Faust-shaped events), one per message, and a
+    BAD_BATCH dead letter for each unreadable message."""
+    batches: list[Batch] = []
+    dead: list[DeadLetter] = []
+    for event in events:
+        message = event.message
+        try:
+            batches.append(unpack(codec, message.value, partition=message.partition))
+        except CodecError as exc:
+            dead.append(DeadLetter.of(source_record(event), stage=stage, code="BAD_BATCH",
+                                      error_class=type(exc).__name__, message=str(exc)))
+    return batches, dead
+
+
+def event_letters(codec: Codec, event: Any, *, stage: str, error_class: str,
+                  message: str) -> list[DeadLetter]:
+    """INTERNAL_ERROR dead letters for an internal batch message that failed alone, one per
+    original event; BAD_BATCH for the message itself when it cannot be read."""
+    try:
+        batch = unpack(codec, event.message.value)
+    except CodecError:
+        return [DeadLetter.of(source_record(event), stage=stage, code="BAD_BATCH",
+                              error_class=error_class, message=message)]
+    return [DeadLetter.of(batch.source(i), stage=stage, code="INTERNAL_ERROR",
+                          error_class=error_class, message=message,
+                          event_id=batch.event_ids[i], trace_id=batch.trace_ids[i])
+            for i in range(len(batch))]

@@ -32,42 +32,27 @@ from confluent_kafka import TopicPartition
 from threadpoolctl import threadpool_limits
 
 from tidegate.app import create_app, input_group
-from tidegate.batches import Batch, unpack
+from tidegate.batches import Batch, event_letters, unpack_messages
 from tidegate.cluster import client_config
 from tidegate.codec import Codec
 from tidegate.control import StageMode
 from tidegate.deadletter import DeadLetter
 from tidegate.delivery import Outbox
-from tidegate.errors import CodecError
 from tidegate.health import StageMetrics
 from tidegate.outputs import Deliver, Handler, Outgoing, Staged, messages, source_record
-from tidegate.reader import BatchReader
+from tidegate.reader import BatchReader, batch_messages, read_linger
 from tidegate.settings import Settings
 from tidegate.steering import Steering
 from tidegate.topics import STAGES, TopicSpec, by_key
 from tidegate.transactions import TransactionalOutbox
 
 __all__ = [
-    "EXIT_DELIVERY", "Outgoing", "StageRuntime", "Staged", "batch_messages", "read_linger",
-    "source_record",
+    "EXIT_DELIVERY", "Outgoing", "StageRuntime", "Staged", "source_record",
 ]
 
 log = logging.getLogger("tidegate.stage")
 
 EXIT_DELIVERY = 75  # EX_TEMPFAIL: outputs could not be delivered; restart and read again
-
-
-def batch_messages(settings: Settings, source: TopicSpec) -> int:
-    """Messages per read: ``batch_size`` events, or on an internal topic, whose messages are
-    batches of up to 2,000 events (512 KiB), one 64th of it: 8 messages, 4 MiB by default."""
-    return max(1, settings.batch_size // 64) if source.internal else settings.batch_size
-
-
-def read_linger(settings: Settings, source: TopicSpec) -> float:
-    """How long a read waits for its batch to fill after the first record: ``batch_linger`` on a
-    public topic (one event per message); none on an internal one, whose messages are batches
-    already and arrive in bursts, one per partition, at the pace of the stage before."""
-    return 0.0 if source.internal else settings.batch_linger
 
 
 class StageRuntime:
@@ -134,17 +119,7 @@ class StageRuntime:
 
     def unpack_batches(self, events: Sequence[Any]) -> tuple[list[Batch], list[DeadLetter]]:
         """The batches of internal batch messages, one per message; BAD_BATCH for unreadable."""
-        batches: list[Batch] = []
-        dead: list[DeadLetter] = []
-        for event in events:
-            message = event.message
-            try:
-                batches.append(unpack(self.codec, message.value, partition=message.partition))
-            except CodecError as exc:
-                dead.append(DeadLetter.of(source_record(event), stage=self.stage,
-                                          code="BAD_BATCH", error_class=type(exc).__name__,
-                                          message=str(exc)))
-        return batches, dead
+        return unpack_messages(self.codec, events, stage=self.stage)
 
     def run_batches(self, handler: Handler, *, name: str,
                     source: faust.TopicT | None = None) -> None:
@@ -273,15 +248,8 @@ class StageRuntime:
         if not self.topics.source.internal:
             return [DeadLetter.of(source_record(event), stage=self.stage, code="INTERNAL_ERROR",
                                   error_class=error_class, message=message)]
-        try:
-            batch = unpack(self.codec, event.message.value)
-        except CodecError:
-            return [DeadLetter.of(source_record(event), stage=self.stage, code="BAD_BATCH",
-                                  error_class=error_class, message=message)]
-        return [DeadLetter.of(batch.source(i), stage=self.stage,
-                              code="INTERNAL_ERROR", error_class=error_class, message=message,
-                              event_id=batch.event_ids[i], trace_id=batch.trace_ids[i])
-                for i in range(len(batch))]
+        return event_letters(self.codec, event, stage=self.stage, error_class=error_class,
+                             message=message)
 
     async def deliver(self, outgoing: Sequence[Outgoing]) -> None:
         """Produce every message and wait for the broker's acks; retry, or exit for a restart."""

@@ -37,10 +37,9 @@ from tidegate.deadletter import SourceRecord
 from tidegate.example.stream import ExampleMessage
 from tidegate.features import compute_features
 from tidegate.ingestion import Dedupe, ingest_batch
-from tidegate.reader import QUEUED_MIN_MESSAGES, BatchReader
+from tidegate.reader import QUEUED_MIN_MESSAGES, BatchReader, batch_messages
 from tidegate.reading import read_topic
 from tidegate.settings import ClientConfig, Settings
-from tidegate.stage import batch_messages
 from tidegate.supervisor import Supervisor
 from tidegate.topics import STAGES, by_key
 

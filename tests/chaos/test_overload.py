@@ -23,7 +23,7 @@ bounded buffer may add (``tests.chaos.load.memory_bounds`` computes and prints i
   topic the queue holds at most ``queued.min.messages`` (10,000) records, each costing its key
   and value plus about 570 bytes of librdkafka bookkeeping.
 - batch: a reader batch takes at most ``TIDEGATE_BATCH_SIZE / 64`` internal messages of at most
-  512 KiB (``tidegate.stage.batch_messages``), and only what the queue holds; it lives as message
+  512 KiB (``tidegate.reader.batch_messages``), and only what the queue holds; it lives as message
   values, decoded envelopes and fields (the expansion is measured here with the stages' own
   code), and outputs of up to 1.5 times its
   bytes (feature vectors), once in Python and once in the producer until the broker acks them

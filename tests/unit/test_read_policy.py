@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from tidegate.reader import batch_messages, read_linger
 from tidegate.settings import Settings
-from tidegate.stage import batch_messages, read_linger
 from tidegate.topics import by_key
 
 pytestmark = pytest.mark.unit
