@@ -31,6 +31,16 @@ def _config(kafka: Cluster) -> ClientConfig:
     return {"bootstrap.servers": kafka.bootstrap}
 
 
+def _topic(kafka: Cluster, name: str, *, partitions: int = 1, records: int = 0
+           ) -> tuple[ClientConfig, str, str]:
+    """The client config, a new topic ``name`` (``records`` on partition 0) and a group name."""
+    config = _config(kafka)
+    _create_topic(config, name, partitions)
+    if records:
+        _produce(config, name, records)
+    return config, name, name + "-group"
+
+
 def _create_topic(config: ClientConfig, name: str, partitions: int) -> None:
     """Create ``name`` and wait until its partitions show in the metadata."""
     admin = AdminClient(config)
@@ -136,10 +146,7 @@ async def _timed(call: Awaitable[list[ReaderEvent]]) -> tuple[list[ReaderEvent],
 
 def test_next_batch_waits_within_for_the_first_record_then_only_linger(
         kafka: Cluster, prefix: str) -> None:
-    config = _config(kafka)
-    topic, group = prefix + "timing", prefix + "timing-group"
-    _create_topic(config, topic, 1)
-    _produce(config, topic, 1)
+    config, topic, group = _topic(kafka, prefix + "timing", records=1)
 
     async def scenario() -> tuple[list[ReaderEvent], float, list[ReaderEvent], float]:
         reader = BatchReader(config, topic=topic, group=group)
@@ -163,10 +170,7 @@ def test_next_batch_waits_within_for_the_first_record_then_only_linger(
 
 
 def test_backlog_fills_a_whole_batch_at_once(kafka: Cluster, prefix: str) -> None:
-    config = _config(kafka)
-    topic, group = prefix + "backlog", prefix + "backlog-group"
-    _create_topic(config, topic, 1)
-    _produce(config, topic, 2000)
+    config, topic, group = _topic(kafka, prefix + "backlog", records=2000)
 
     async def scenario() -> list[list[ReaderEvent]]:
         reader = BatchReader(config, topic=topic, group=group)
@@ -188,10 +192,7 @@ def test_backlog_fills_a_whole_batch_at_once(kafka: Cluster, prefix: str) -> Non
 
 def test_commits_are_deferred_by_the_interval_and_flushed_on_close(
         kafka: Cluster, prefix: str) -> None:
-    config = _config(kafka)
-    topic, group = prefix + "deferred", prefix + "deferred-group"
-    _create_topic(config, topic, 1)
-    _produce(config, topic, 30)
+    config, topic, group = _topic(kafka, prefix + "deferred", records=30)
 
     async def scenario() -> None:
         reader = BatchReader(config, topic=topic, group=group, commit_interval=30)
@@ -217,10 +218,7 @@ def test_commits_are_deferred_by_the_interval_and_flushed_on_close(
 
 
 def test_interval_zero_commits_every_delivered_batch(kafka: Cluster, prefix: str) -> None:
-    config = _config(kafka)
-    topic, group = prefix + "eager", prefix + "eager-group"
-    _create_topic(config, topic, 1)
-    _produce(config, topic, 30)
+    config, topic, group = _topic(kafka, prefix + "eager", records=30)
 
     async def scenario() -> None:
         reader = BatchReader(config, topic=topic, group=group, commit_interval=0)
@@ -278,10 +276,8 @@ def _commit_all(reader: BatchReader, committed: list[ReaderEvent]
 
 def test_revoked_partitions_are_handed_over_at_the_delivered_offsets(
         kafka: Cluster, prefix: str) -> None:
-    config = _config(kafka)
-    topic, group = prefix + "handover", prefix + "handover-group"
+    config, topic, group = _topic(kafka, prefix + "handover", partitions=2)
     per_partition = 50
-    _create_topic(config, topic, 2)
     for partition in (0, 1):
         _produce(config, topic, per_partition, partition=partition)
 
