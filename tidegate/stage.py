@@ -176,14 +176,14 @@ class StageRuntime:
                     events = await reader.next_batch(size, within, linger)
                     if not events:
                         continue
-                    offsets = reader.next_offsets(events)
                     if transactional is None:
                         await self._process(handler, events, self.deliver)
-                        reader.commit(events)
+                        reader.commit(events)  # records the positions too
                     else:
+                        offsets = reader.next_offsets(events)
                         await self._process(handler, events, functools.partial(
                             self._commit, transactional, offsets=offsets, reader=reader))
-                    reader.delivered(offsets)
+                        reader.delivered(offsets)
             finally:
                 reader.close()
 
