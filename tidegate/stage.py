@@ -32,18 +32,21 @@ from confluent_kafka import TopicPartition
 from threadpoolctl import threadpool_limits
 
 from tidegate.app import create_app, input_group
+from tidegate.backpressure import LagProbe
 from tidegate.batches import Batch, event_letters, unpack_messages
 from tidegate.cluster import client_config
 from tidegate.codec import Codec
 from tidegate.control import StageMode
 from tidegate.deadletter import DeadLetter
 from tidegate.delivery import Outbox
+from tidegate.errors import BrokerError, CodecError
 from tidegate.health import StageMetrics
 from tidegate.outputs import Deliver, Handler, Outgoing, Staged, messages, source_record
 from tidegate.reader import BatchReader, batch_messages, read_linger
+from tidegate.reading import read_topic
 from tidegate.settings import Settings
 from tidegate.steering import Steering
-from tidegate.topics import STAGES, TopicSpec, by_key
+from tidegate.topics import STAGES, TopicSpec, by_key, downstream_of
 from tidegate.transactions import TransactionalOutbox
 
 __all__ = [
@@ -86,9 +89,61 @@ class StageRuntime:
         self.steering: Steering | None = None
 
     def follow_control(self) -> Steering:
-        """Obey the control topic: recover the stage's mode now, then follow new commands."""
-        self.steering = Steering(self)
+        """Obey the control topic: recover the stage's mode now, then follow new commands.
+
+        Also watches the lag of the next stage for backpressure. The steering itself is pure
+        state; reading the control topic and probing the lag happen here.
+        """
+        self.steering = Steering.from_settings(self.stage, self.settings,
+                                               on_change=self._report_steering)
+        control = self.name(by_key("control"))
+        try:
+            self._apply_commands([m.value() or b"" for m in
+                                  read_topic(client_config(self.settings), control)])
+        except BrokerError as exc:
+            log.warning("could not read %s to recover the mode: %s", control, exc)
+
+        async def follow_control(stream: Any) -> None:
+            async for events in stream.take_events(100, within=0.2):
+                self._apply_commands([event.message.value for event in events])
+
+        self.app.agent(self.topic(by_key("control")), name="follow_control")(follow_control)
+        self._watch_downstream(self.steering)
         return self.steering
+
+    def _apply_commands(self, values: Sequence[bytes]) -> None:
+        assert self.steering is not None
+        records = []
+        for value in values:
+            try:
+                records.append(self.codec.decode(value))
+            except CodecError as exc:
+                log.warning("unreadable control command: %s", exc)
+        self.steering.apply_all(records)
+
+    def _watch_downstream(self, steering: Steering) -> None:
+        """Every second, the lag of the stage that reads this one's output (if one of ours)."""
+        following, sink = downstream_of(self.stage), self.topics.sink
+        if following is None or sink is None:
+            return
+        probe = LagProbe(client_config(self.settings), topic=self.name(sink),
+                         group=input_group(following, self.settings))
+
+        async def check_downstream() -> None:
+            lag = await asyncio.get_running_loop().run_in_executor(None, probe.lag)
+            if lag is not None:
+                self.metrics.extra["downstream_lag"] = str(lag)
+                steering.downstream_lag(lag)
+
+        self.app.timer(1.0)(check_downstream)
+
+    def _report_steering(self) -> None:
+        assert self.steering is not None
+        report = self.steering.report()
+        self.metrics.mode, self.metrics.paused = report.mode, report.paused
+        self.metrics.pause_reason = report.pause_reason
+        self.metrics.breakers["dead-letters"] = report.guard
+        self.emit_health_soon()
 
     @property
     def mode(self) -> StageMode:

@@ -1,135 +1,119 @@
-"""A stage's side of the control plane: recover its mode, follow the control topic, obey pauses.
+"""A stage's steering: its mode, the dead-letter-rate guard and the backpressure valve.
+
+Pure state, no Kafka: the runtime feeds it control commands (recovered from the compacted
+control topic, then followed), the downstream lag and each batch's dead-letter count, and asks
+it whether to read. ``on_change`` hears every change, so the runtime can report it at once.
 
 Example::
 
-    steering = Steering(runtime)      # reads the control topic once, then follows it
-    await steering.wait_while_paused()
+    steering = Steering.from_settings("validation", settings, on_change=report)
+    steering.apply(command)       # a decoded control command
+    if not steering.blocked():
+        ...                       # read the next batch
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
 
-from tidegate.app import input_group
-from tidegate.backpressure import LagProbe, LagValve
-from tidegate.cluster import client_config
+from tidegate.backpressure import LagValve
 from tidegate.control import StageMode
-from tidegate.errors import BrokerError, CodecError
 from tidegate.guard import DeadLetterGuard
-from tidegate.reading import read_topic
-from tidegate.topics import by_key
+from tidegate.settings import Settings
 
-if TYPE_CHECKING:
-    from tidegate.stage import StageRuntime
+__all__ = ["Steering", "SteeringReport"]
 
-__all__ = ["Steering"]
+log = logging.getLogger(__name__)
 
-log = logging.getLogger("tidegate.control")
 
-_NEXT = {"ingest": "validation", "validation": "feature", "feature": "inference"}
+@dataclass(frozen=True, slots=True)
+class SteeringReport:
+    """What a stage's health says about its steering."""
+
+    mode: str
+    paused: bool
+    pause_reason: str | None
+    guard: str
 
 
 class Steering:
-    """Keeps ``runtime``'s StageMode current and reports it in the stage's health."""
+    """The stage's StageMode, dead-letter guard and lag valve, and whether they block input."""
 
-    def __init__(self, runtime: StageRuntime) -> None:
-        self.runtime = runtime
-        self.mode = StageMode(stage=runtime.stage)
-        settings = runtime.settings
-        self.guard = DeadLetterGuard(
+    def __init__(self, stage: str, *, guard: DeadLetterGuard, valve: LagValve,
+                 on_change: Callable[[], None] | None = None) -> None:
+        self.mode = StageMode(stage=stage)
+        self.guard = guard
+        self.valve = valve
+        self.on_change = on_change
+
+    @classmethod
+    def from_settings(cls, stage: str, settings: Settings, *,
+                      on_change: Callable[[], None] | None = None) -> Steering:
+        guard = DeadLetterGuard(
             threshold=settings.dead_letter_rate_threshold, window=settings.dead_letter_rate_window,
             minimum=settings.dead_letter_rate_minimum, wait=settings.dead_letter_rate_wait)
-        self.valve = LagValve(high=settings.backpressure_high, low=settings.backpressure_low)
-        self._recover(runtime.name(by_key("control")))
-        self._watch_downstream()
-        agent_topic = runtime.topic(by_key("control"))
+        valve = LagValve(high=settings.backpressure_high, low=settings.backpressure_low)
+        return cls(stage, guard=guard, valve=valve, on_change=on_change)
 
-        async def follow_control(stream: Any) -> None:
-            async for events in stream.take_events(100, within=0.2):
-                self.apply_all([event.message.value for event in events])
+    def apply(self, record: Mapping[str, Any]) -> bool:
+        """Apply one decoded control command; True when it changed the mode."""
+        changed = self.mode.apply(record)
+        if changed:
+            log.warning("control: %s %s %s (%s, by %s)", record["action"], record["target"],
+                        record["parameters"] or "", record["reason"], record["issuer"])
+            if record["action"] == "resume":
+                self.guard.reset()  # an operator's resume also closes the dead-letter guard
+        return changed
 
-        runtime.app.agent(agent_topic, name="follow_control")(follow_control)
+    def apply_all(self, records: Sequence[Mapping[str, Any]]) -> None:
+        """Apply commands in order, then report once."""
+        for record in records:
+            self.apply(record)
+        self._changed()
 
-    def _watch_downstream(self) -> None:
-        """Every second, the lag of the stage that reads this one's output (if one of ours)."""
-        runtime = self.runtime
-        following = _NEXT.get(runtime.stage)
-        sink = runtime.topics.sink
-        if following is None or sink is None:
-            return
-        probe = LagProbe(client_config(runtime.settings),
-                         group=input_group(following, runtime.settings),
-                         topic=runtime.name(sink))
-
-        async def check_downstream() -> None:
-            lag = await asyncio.get_running_loop().run_in_executor(None, probe.lag)
-            if lag is None:
-                return
-            before = self.valve.paused
-            self.valve.update(lag)
-            runtime.metrics.extra["downstream_lag"] = str(lag)
-            if self.valve.paused != before:
-                self._report()
-
-        runtime.app.timer(1.0)(check_downstream)
-
-    def _recover(self, control: str) -> None:
-        """The mode from every command still on the compacted topic (the newest per aspect)."""
-        try:
-            values = [m.value() or b"" for m in
-                      read_topic(client_config(self.runtime.settings), control)]
-        except BrokerError as exc:
-            log.warning("could not read %s to recover the mode: %s", control, exc)
-            return
-        self.apply_all(values)
-
-    def apply_all(self, values: Sequence[bytes]) -> None:
-        for value in values:
-            try:
-                record = self.runtime.codec.decode(value)
-            except CodecError as exc:
-                log.warning("unreadable control command: %s", exc)
-                continue
-            if self.mode.apply(record):
-                log.warning("control: %s %s %s (%s, by %s)", record["action"], record["target"],
-                            record["parameters"] or "", record["reason"], record["issuer"])
-                if record["action"] == "resume":
-                    self.guard.reset()  # an operator's resume also closes the dead-letter guard
-        self._report()
+    def downstream_lag(self, lag: int) -> None:
+        """The lag of the stage that reads this one's output, for the backpressure valve."""
+        before = self.valve.paused
+        self.valve.update(lag)
+        if self.valve.paused != before:
+            self._changed()
 
     def record_batch(self, *, records: int, dead: int) -> None:
         """Feed the dead-letter guard with a processed batch."""
         before = self.guard.state
         self.guard.record(records=records, dead=dead)
         if self.guard.state != before:
-            self._report()
+            self._changed()
 
     def blocked(self) -> bool:
-        """Paused by a command, or by the dead-letter guard until its next probe."""
+        """Paused by a command, by backpressure, or by the dead-letter guard until its probe."""
         before = self.guard.state
         blocked = self.mode.paused or self.guard.blocked() or self.valve.paused
         if self.guard.state != before:
-            self._report()
+            self._changed()
         return blocked
 
-    def _report(self) -> None:
-        metrics = self.runtime.metrics
+    def report(self) -> SteeringReport:
         guarded = self.guard.state != "closed"
-        metrics.mode = self.mode.label() + (",dead-letter-guard" if guarded else "")
-        metrics.paused = self.mode.paused or self.guard.state == "open" or self.valve.paused
-        metrics.pause_reason = self.mode.pause_reason or (
-            self.guard.reason() if guarded else None) or (
+        reason = self.mode.pause_reason or (self.guard.reason() if guarded else None) or (
             f"backpressure: the next stage lags {self.valve.lag} messages "
             f"(resumes under {self.valve.low})" if self.valve.paused else None)
-        metrics.breakers["dead-letters"] = self.guard.state
-        if guarded:
-            log.warning("%s: %s (%s)", self.runtime.stage, self.guard.state, self.guard.reason())
-        self.runtime.emit_health_soon()
+        return SteeringReport(
+            mode=self.mode.label() + (",dead-letter-guard" if guarded else ""),
+            paused=self.mode.paused or self.guard.state == "open" or self.valve.paused,
+            pause_reason=reason, guard=self.guard.state)
 
     async def wait_while_paused(self) -> None:
         """Return at once when running; while paused, wait for a resume or the guard's probe."""
         while self.blocked():
             await asyncio.sleep(0.2)
+
+    def _changed(self) -> None:
+        if self.guard.state != "closed":
+            log.warning("%s: %s (%s)", self.mode.stage, self.guard.state, self.guard.reason())
+        if self.on_change is not None:
+            self.on_change()

@@ -18,11 +18,14 @@ from typing import Literal
 __all__ = [
     "ACCOUNTS",
     "CATALOG",
+    "DATA_STAGES",
     "STAGES",
+    "STAGE_ORDER",
     "CleanupPolicy",
     "StageTopics",
     "TopicSpec",
     "by_key",
+    "downstream_of",
     "stage_topics",
 ]
 
@@ -156,3 +159,15 @@ def by_key(key: str) -> TopicSpec:
 
 def stage_topics(stage: str) -> StageTopics:
     return STAGES[stage]
+
+
+def downstream_of(stage: str) -> str | None:
+    """The stage that reads ``stage``'s output, or None (inference and monitoring)."""
+    sink = STAGES[stage].sink
+    return next((other.stage for other in STAGES.values() if sink and other.source == sink), None)
+
+
+# The stages in the order events pass through them, then monitoring; those with a dead-letter
+# topic are the ones events pass through.
+STAGE_ORDER: tuple[str, ...] = tuple(STAGES)
+DATA_STAGES: tuple[str, ...] = tuple(s for s, spec in STAGES.items() if spec.dead_letter)

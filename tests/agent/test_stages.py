@@ -103,7 +103,7 @@ def drive(stage: str, puts: Sequence[Put], settings: Settings, monkeypatch: pyte
     """Build ``stage``, put every message through its agent, return what it sent."""
 
     # No control topic to recover a mode from: every stage starts in the normal mode.
-    monkeypatch.setattr("tidegate.steering.read_topic", lambda *args, **kwargs: iter(()))
+    monkeypatch.setattr("tidegate.stage.read_topic", lambda *args, **kwargs: iter(()))
 
     async def main() -> Run:
         runtime = BUILDERS[stage](settings)
