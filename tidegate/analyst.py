@@ -41,6 +41,7 @@ from tidegate.alerting import Alert, AlertBook, Finding, Level
 from tidegate.anomaly import StageWatch, WatchConfig
 from tidegate.control import DEGRADE_TARGETS, command
 from tidegate.drift import DriftMonitor, drift_finding
+from tidegate.topics import DATA_STAGES
 
 __all__ = ["ISSUER", "Analyst", "AnalystConfig", "Assessment"]
 
@@ -56,10 +57,10 @@ log = logging.getLogger("tidegate.analyst")
 class AnalystConfig:
     """Thresholds and hold times; every default suits the embedded run."""
 
-    stages: tuple[str, ...] = ("ingest", "validation", "feature", "inference")
+    stages: tuple[str, ...] = DATA_STAGES
     watch: WatchConfig = field(default_factory=WatchConfig)
     latency_objectives_ms: Mapping[str, float] = field(
-        default_factory=lambda: dict.fromkeys(("ingest", "validation", "feature", "inference"),
+        default_factory=lambda: dict.fromkeys(DATA_STAGES,
                                               5000.0))  # fmt: skip
     stale_after: float = 30.0  # a stage that reported before and is silent this long is down
     resolve_after: float = 30.0  # a condition clear this long resolves its alert

@@ -34,11 +34,11 @@ from tidegate.codec import Codec
 from tidegate.example.stream import example_messages
 from tidegate.settings import Settings
 from tidegate.supervisor import Supervisor
-from tidegate.topics import CATALOG
+from tidegate.topics import CATALOG, STAGE_ORDER
 
 __all__ = ["render", "run_bench"]
 
-STAGES = ("ingest", "validation", "feature", "inference", "monitoring")
+STAGES = STAGE_ORDER
 SETTLE_SECONDS = 15.0
 
 

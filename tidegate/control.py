@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from tidegate.errors import ConfigError
+from tidegate.topics import DATA_STAGES
 
 __all__ = ["ACTIONS", "DEGRADE_TARGETS", "StageMode", "command", "command_key", "validate"]
 
@@ -37,7 +38,6 @@ DEGRADE_TARGETS: dict[str, tuple[str, ...]] = {
     "inference": ("fallback", "static"), "feature": ("imputed",),
 }
 SYSTEM = "system"
-_DATA_STAGES = ("ingest", "validation", "feature", "inference")
 _REMEMBERED_IDS = 1000
 
 
@@ -62,8 +62,8 @@ def validate(record: Mapping[str, Any]) -> None:
     params = record["parameters"]
     if action not in ACTIONS:
         raise ConfigError(f"unknown action {action!r}; one of {', '.join(ACTIONS)}")
-    if target not in (*_DATA_STAGES, SYSTEM):
-        raise ConfigError(f"unknown target {target!r}; a stage of {_DATA_STAGES} or system")
+    if target not in (*DATA_STAGES, SYSTEM):
+        raise ConfigError(f"unknown target {target!r}; a stage of {DATA_STAGES} or system")
     if not str(record["reason"]).strip():
         raise ConfigError("a command needs a reason, for the audit trail")
     if action == "degrade":

@@ -18,9 +18,10 @@ from collections import Counter, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-__all__ = ["STAGE_ORDER", "History", "StatusBoard"]
+from tidegate.topics import STAGE_ORDER
 
-STAGE_ORDER = ("ingest", "validation", "feature", "inference", "monitoring")
+__all__ = ["History", "StatusBoard"]
+
 _TOTALS = ("records_in", "records_out", "dead_lettered", "errors")
 
 

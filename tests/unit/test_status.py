@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from tidegate.status import STAGE_ORDER, StatusBoard
+from tidegate.status import StatusBoard
+from tidegate.topics import STAGE_ORDER
 
 pytestmark = pytest.mark.unit
 

@@ -13,15 +13,15 @@ import click
 
 from tidegate.cluster import client_config
 from tidegate.codec import Codec
-from tidegate.control import command
+from tidegate.control import SYSTEM, command
 from tidegate.lifecycle import issue_command
 from tidegate.reading import read_topic
 from tidegate.settings import load_settings
-from tidegate.topics import by_key
+from tidegate.topics import DATA_STAGES, by_key
 
 __all__ = ["control"]
 
-_STAGES = click.Choice(["ingest", "validation", "feature", "inference", "system"])
+_STAGES = click.Choice([*DATA_STAGES, SYSTEM])
 _REASON = click.option("--reason", required=True, help="Why: it is kept with the command.")
 
 

@@ -7,10 +7,10 @@ import importlib
 import click
 
 from tidegate.settings import load_settings
+from tidegate.topics import STAGE_ORDER
 
 __all__ = ["stage"]
 
-STAGE_NAMES = ("ingest", "validation", "feature", "inference", "monitoring")
 
 
 @click.group()
@@ -19,7 +19,7 @@ def stage() -> None:
 
 
 @stage.command()
-@click.argument("name", type=click.Choice(STAGE_NAMES))
+@click.argument("name", type=click.Choice(STAGE_ORDER))
 @click.option("--worker", type=click.IntRange(0, 999), default=None,
               help="This process's number among the stage's workers (default TIDEGATE_WORKER); "
               "in exactly-once mode it names the stable transactional id.")

@@ -18,12 +18,12 @@ from tidegate.broker.embedded import start_broker, stop_broker
 from tidegate.cluster import client_config
 from tidegate.errors import TidegateError, TopicMismatchError
 from tidegate.settings import Settings, load_settings
-from tidegate.topics import CATALOG, by_key
+from tidegate.topics import CATALOG, STAGE_ORDER, by_key
 from tidegate.watchdog import HealthWatch, StallDetector
 
 __all__ = ["init", "status", "up"]
 
-STAGES = ("ingest", "validation", "feature", "inference", "monitoring")
+STAGES = STAGE_ORDER
 
 
 @click.command()
