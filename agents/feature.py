@@ -11,8 +11,9 @@ import faust
 from tidegate.batches import Batch, pack
 from tidegate.cluster import client_config
 from tidegate.features import AccountState, compute_features, decode_state, encode_state
+from tidegate.outputs import Outgoing
 from tidegate.settings import Settings
-from tidegate.stage import Outgoing, StageRuntime
+from tidegate.stage import StageRuntime
 from tidegate.state import ChangelogStore, StateWrite
 from tidegate.topics import ACCOUNTS
 

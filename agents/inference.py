@@ -15,10 +15,11 @@ from tidegate.deadletter import DeadLetter
 from tidegate.drift import DriftSketch
 from tidegate.features import DRIFT_EXEMPT, FEATURE_NAMES
 from tidegate.inference import Path, PrimarySwitch, ScoringChain, predictions
+from tidegate.outputs import Outgoing
 from tidegate.registry import ModelRegistry
 from tidegate.scoring import ModelScorer, Scorer
 from tidegate.settings import Settings
-from tidegate.stage import Outgoing, StageRuntime
+from tidegate.stage import StageRuntime
 
 __all__ = ["SCORE_ROWS", "STAGE", "build"]
 

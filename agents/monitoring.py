@@ -13,10 +13,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from tidegate.errors import CodecError
+from tidegate.outputs import Outgoing
 from tidegate.oversight import Oversight
 from tidegate.page import status_page
 from tidegate.settings import Settings
-from tidegate.stage import Outgoing, StageRuntime
+from tidegate.stage import StageRuntime
 from tidegate.status import History, StatusBoard
 
 __all__ = ["HISTORY_POINTS", "STAGE", "build"]

@@ -9,9 +9,10 @@ from typing import Any
 
 from tidegate.batches import Batch, pack
 from tidegate.deadletter import DeadLetter
+from tidegate.outputs import Outgoing
 from tidegate.rules import RuleSet, load_rules
 from tidegate.settings import Settings
-from tidegate.stage import Outgoing, StageRuntime
+from tidegate.stage import StageRuntime
 
 __all__ = ["STAGE", "build", "shipped_rules"]
 

@@ -29,9 +29,8 @@ import numpy.typing as npt
 from aiokafka.partitioner import murmur2
 
 from tidegate.codec import Codec, Record
-from tidegate.deadletter import DeadLetter, SourceRecord
+from tidegate.deadletter import DeadLetter, SourceRecord, source_record
 from tidegate.errors import CodecError
-from tidegate.outputs import source_record
 
 __all__ = [
     "BATCH_SCHEMA",

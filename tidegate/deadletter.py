@@ -15,6 +15,7 @@ import json
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
     "CONTEXT_PREFIX",
@@ -23,6 +24,7 @@ __all__ = [
     "SourceRecord",
     "context_of",
     "header_value",
+    "source_record",
 ]
 
 Headers = list[tuple[str, bytes | None]]
@@ -127,3 +129,16 @@ def context_of(headers: HeaderInput) -> dict[str, str]:
         for key, value in _pairs(headers)
         if key.startswith(CONTEXT_PREFIX) and value is not None
     }
+
+
+def source_record(event: Any) -> SourceRecord:
+    """The input record behind a Faust event, with its raw key, value and headers."""
+    message = event.message
+    headers = message.headers
+    if isinstance(headers, dict):
+        headers = list(headers.items())
+    return SourceRecord(
+        topic=message.topic, partition=message.partition, offset=message.offset,
+        timestamp=int(message.timestamp * 1000) if message.timestamp else 0,
+        key=message.key, value=message.value or b"", headers=list(headers or []),
+    )

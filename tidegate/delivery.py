@@ -19,20 +19,15 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
+from tidegate.errors import DeliveryError
+from tidegate.outputs import Message
 from tidegate.settings import ClientConfig
 
-__all__ = ["DeliveryError", "Message", "Outbox"]
+__all__ = ["Outbox", "delivery_error"]
 
-Message = tuple[str, bytes | None, bytes, int | None, list[tuple[str, str | bytes | None]] | None]
-
-
-class DeliveryError(Exception):
-    """The broker refused or timed out a message of the batch."""
-
-    def __init__(self, error: KafkaError) -> None:
-        super().__init__(error.str())
-        self.retriable = error.retriable()
-        self.fatal = error.fatal()
+def delivery_error(error: KafkaError) -> DeliveryError:
+    """The DeliveryError for librdkafka's ``error``, with its retriable and fatal flags."""
+    return DeliveryError(error.str(), retriable=error.retriable(), fatal=error.fatal())
 
 
 class _Batch:
@@ -57,7 +52,7 @@ class _Batch:
         if self.future.done():
             return
         if self.error is not None:
-            self.future.set_exception(DeliveryError(self.error))
+            self.future.set_exception(delivery_error(self.error))
         else:
             self.future.set_result(None)
 
@@ -99,7 +94,7 @@ class Outbox:
                     await asyncio.sleep(0.01)
                 except KafkaException as exc:
                     batch.pending -= 1
-                    raise DeliveryError(exc.args[0]) from exc
+                    raise delivery_error(exc.args[0]) from exc
         await batch.future
 
     def close(self, timeout: float = 10.0) -> None:

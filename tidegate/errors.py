@@ -12,9 +12,12 @@ __all__ = [
     "BrokerStartError",
     "CodecError",
     "ConfigError",
+    "DeliveryError",
     "EmptyValueError",
     "EncodeError",
+    "EnvelopeError",
     "FeatureMismatchError",
+    "FeatureShapeError",
     "IncompatibleSchemaError",
     "InvalidJsonError",
     "InvalidSchemaError",
@@ -36,6 +39,7 @@ __all__ = [
     "TrailingBytesError",
     "TruncatedAvroError",
     "UnknownSchemaError",
+    "ValidationError",
 ]
 
 
@@ -217,3 +221,37 @@ class RulesFileError(ConfigError):
     """A validation rules file is missing, unreadable or invalid."""
 
     code = "RULES_FILE"
+
+
+class DeliveryError(TidegateError):
+    """The broker refused or timed out a message of a produced batch."""
+
+    code = "DELIVERY"
+
+    def __init__(self, message: str, *, retriable: bool = False, fatal: bool = False) -> None:
+        super().__init__(message)
+        self.retriable = retriable
+        self.fatal = fatal
+
+
+class EnvelopeError(TidegateError):
+    """An input event's envelope is refused: its event id or event time is missing or wrong."""
+
+    code = "ENVELOPE"
+
+    def __init__(self, code: str, message: str, event_id: str | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.event_id = event_id
+
+
+class ValidationError(TidegateError):
+    """A record broke one or more validation rules (the code names the first)."""
+
+    code = "VALIDATION"
+
+
+class FeatureShapeError(TidegateError):
+    """A feature vector does not have the width the served model needs."""
+
+    code = "FEATURE_SHAPE"

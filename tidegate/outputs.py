@@ -12,11 +12,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Generic, Protocol, TypeVar
 
-from tidegate.deadletter import SourceRecord
-from tidegate.delivery import Message
+# The producer's tuple: topic, key, value, partition, headers.
+Message = tuple[str, bytes | None, bytes, int | None, list[tuple[str, str | bytes | None]] | None]
 
 __all__ = [
-    "Deliver", "Handler", "Outgoing", "Pending", "Staged", "messages", "source_record",
+    "Deliver", "Handler", "Message", "Outgoing", "Pending", "Staged", "messages",
 ]
 
 
@@ -55,19 +55,6 @@ def messages(outgoing: Sequence[Outgoing]) -> list[Message]:
     """The producer's tuples for ``outgoing``."""
     return [(item.topic, item.key, item.value, item.partition,
              list(item.headers) if item.headers else None) for item in outgoing]
-
-
-def source_record(event: Any) -> SourceRecord:
-    """The input record behind a Faust event, with its raw key, value and headers."""
-    message = event.message
-    headers = message.headers
-    if isinstance(headers, dict):
-        headers = list(headers.items())
-    return SourceRecord(
-        topic=message.topic, partition=message.partition, offset=message.offset,
-        timestamp=int(message.timestamp * 1000) if message.timestamp else 0,
-        key=message.key, value=message.value or b"", headers=list(headers or []),
-    )
 
 
 K = TypeVar("K")

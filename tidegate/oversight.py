@@ -31,9 +31,10 @@ from tidegate.cluster import client_config
 from tidegate.errors import CodecError, TidegateError
 from tidegate.features import DRIFT_EXEMPT
 from tidegate.lifecycle import issue_command, rollback
+from tidegate.outputs import Outgoing
 from tidegate.reader import BatchReader
 from tidegate.registry import PRIMARY, ModelRegistry
-from tidegate.stage import Outgoing, StageRuntime
+from tidegate.stage import StageRuntime
 from tidegate.status import StatusBoard
 from tidegate.topics import by_key
 

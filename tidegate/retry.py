@@ -34,11 +34,11 @@ from typing import Literal, TypeVar
 from confluent_kafka import KafkaError, KafkaException
 
 from tidegate.breaker import BreakerOpenError
-from tidegate.delivery import DeliveryError
 from tidegate.errors import (
     BrokerError,
     CodecError,
     ConfigError,
+    DeliveryError,
     RegistryError,
     SchemaRegistryUnavailableError,
     ScoringError,

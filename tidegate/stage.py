@@ -37,11 +37,11 @@ from tidegate.batches import Batch, event_letters, unpack_messages
 from tidegate.cluster import client_config
 from tidegate.codec import Codec
 from tidegate.control import StageMode
-from tidegate.deadletter import DeadLetter
+from tidegate.deadletter import DeadLetter, source_record
 from tidegate.delivery import Outbox
 from tidegate.errors import BrokerError, CodecError
 from tidegate.health import StageMetrics
-from tidegate.outputs import Deliver, Handler, Outgoing, Staged, messages, source_record
+from tidegate.outputs import Deliver, Handler, Outgoing, Staged, messages
 from tidegate.reader import BatchReader, batch_messages, read_linger
 from tidegate.reading import read_topic
 from tidegate.settings import Settings
@@ -49,9 +49,7 @@ from tidegate.steering import Steering
 from tidegate.topics import STAGES, TopicSpec, by_key, downstream_of
 from tidegate.transactions import TransactionalOutbox
 
-__all__ = [
-    "EXIT_DELIVERY", "Outgoing", "StageRuntime", "Staged", "source_record",
-]
+__all__ = ["EXIT_DELIVERY", "StageRuntime"]
 
 log = logging.getLogger("tidegate.stage")
 

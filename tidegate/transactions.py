@@ -29,7 +29,7 @@ from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-from tidegate.delivery import Message
+from tidegate.outputs import Message
 from tidegate.retry import (
     RetryState,
     retry_sync,

@@ -30,9 +30,10 @@ from tidegate.example.badrecords import BadKind, BadRecordInjector
 from tidegate.example.generator import TransactionGenerator
 from tidegate.features import FEATURE_NAMES
 from tidegate.ingestion import Dedupe, ingest_batch
+from tidegate.outputs import Outgoing
 from tidegate.registry import ModelRegistry
 from tidegate.settings import Settings, load_settings
-from tidegate.stage import Outgoing, StageRuntime
+from tidegate.stage import StageRuntime
 from tidegate.training import train_example
 
 pytestmark = pytest.mark.agent

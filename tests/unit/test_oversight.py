@@ -14,10 +14,11 @@ import pytest
 from tidegate.analyst import Analyst
 from tidegate.codec import Codec
 from tidegate.errors import BrokerError
+from tidegate.outputs import Outgoing
 from tidegate.oversight import LazyJoin, Oversight
 from tidegate.registry import PRIMARY, ModelRegistry, ModelVersion, Stage
 from tidegate.settings import Settings
-from tidegate.stage import Outgoing, StageRuntime
+from tidegate.stage import StageRuntime
 from tidegate.status import StatusBoard
 from tidegate.topics import TopicSpec
 

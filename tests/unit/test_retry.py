@@ -14,12 +14,13 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from tidegate.breaker import BreakerOpenError, State
-from tidegate.delivery import DeliveryError
+from tidegate.delivery import delivery_error
 from tidegate.errors import (
     BadMagicError,
     BrokerStartError,
     CodecError,
     ConfigError,
+    DeliveryError,
     EncodeError,
     FeatureMismatchError,
     IncompatibleSchemaError,
@@ -289,7 +290,7 @@ def kafka(code: int, *, retriable: bool = False, fatal: bool = False) -> KafkaEx
 
 
 def delivery(code: int, *, fatal: bool = False) -> DeliveryError:
-    return DeliveryError(KafkaError(code, "delivery failed", fatal=fatal))
+    return delivery_error(KafkaError(code, "delivery failed", fatal=fatal))
 
 
 CLASSIFIED: list[tuple[BaseException, ErrorKind]] = [
