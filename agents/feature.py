@@ -9,12 +9,12 @@ from typing import Any, Protocol
 import faust
 
 from tidegate.batches import Batch, pack
-from tidegate.cluster import client_config
-from tidegate.features import AccountState, compute_features, decode_state, encode_state
+from tidegate.kafka.clients import client_config
 from tidegate.outputs import Outgoing
+from tidegate.pipeline.feature import AccountState, compute_features, decode_state, encode_state
+from tidegate.runtime.stage import StageRuntime
+from tidegate.runtime.state import ChangelogStore, StateWrite
 from tidegate.settings import Settings
-from tidegate.stage import StageRuntime
-from tidegate.state import ChangelogStore, StateWrite
 from tidegate.topics import ACCOUNTS
 
 __all__ = ["STAGE", "build"]

@@ -12,14 +12,14 @@ import numpy as np
 from tidegate.batches import Batch
 from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.deadletter import DeadLetter
-from tidegate.drift import DriftSketch
-from tidegate.features import DRIFT_EXEMPT, FEATURE_NAMES
-from tidegate.inference import Path, PrimarySwitch, ScoringChain, predictions
+from tidegate.models.registry import ModelRegistry
+from tidegate.models.scoring import ModelScorer, Scorer
+from tidegate.monitoring.drift import DriftSketch
 from tidegate.outputs import Outgoing
-from tidegate.registry import ModelRegistry
-from tidegate.scoring import ModelScorer, Scorer
+from tidegate.pipeline.feature import DRIFT_EXEMPT, FEATURE_NAMES
+from tidegate.pipeline.inference import Path, PrimarySwitch, ScoringChain, predictions
+from tidegate.runtime.stage import StageRuntime
 from tidegate.settings import Settings
-from tidegate.stage import StageRuntime
 
 __all__ = ["SCORE_ROWS", "STAGE", "build"]
 

@@ -9,11 +9,11 @@ from typing import Any
 
 from tidegate.batches import Batch, pack, partition_for
 from tidegate.deadletter import source_record
-from tidegate.inference import shed_predictions
-from tidegate.ingestion import STAGE, Dedupe, IngestLimits, ingest_batch
 from tidegate.outputs import Outgoing
+from tidegate.pipeline.inference import shed_predictions
+from tidegate.pipeline.ingest import STAGE, Dedupe, IngestLimits, ingest_batch
+from tidegate.runtime.stage import StageRuntime
 from tidegate.settings import Settings
-from tidegate.stage import StageRuntime
 from tidegate.topics import by_key
 
 __all__ = ["build"]

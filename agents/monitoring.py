@@ -13,12 +13,12 @@ from collections.abc import Sequence
 from typing import Any
 
 from tidegate.errors import CodecError
+from tidegate.monitoring.oversight import Oversight
+from tidegate.monitoring.page import status_page
+from tidegate.monitoring.status import History, StatusBoard
 from tidegate.outputs import Outgoing
-from tidegate.oversight import Oversight
-from tidegate.page import status_page
+from tidegate.runtime.stage import StageRuntime
 from tidegate.settings import Settings
-from tidegate.stage import StageRuntime
-from tidegate.status import History, StatusBoard
 
 __all__ = ["HISTORY_POINTS", "STAGE", "build"]
 

@@ -10,9 +10,9 @@ from typing import Any
 from tidegate.batches import Batch, pack
 from tidegate.deadletter import DeadLetter
 from tidegate.outputs import Outgoing
-from tidegate.rules import RuleSet, load_rules
+from tidegate.pipeline.validation import RuleSet, load_rules
+from tidegate.runtime.stage import StageRuntime
 from tidegate.settings import Settings
-from tidegate.stage import StageRuntime
 
 __all__ = ["STAGE", "build", "shipped_rules"]
 

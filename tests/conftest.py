@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from tidegate.broker.embedded import start_broker, stop_broker
+from tidegate.kafka.broker import start_broker, stop_broker
 from tidegate.settings import Settings, load_settings
 
 

@@ -28,13 +28,13 @@ from tidegate.codec import Codec
 from tidegate.deadletter import CONTEXT_PREFIX, Headers, SourceRecord, context_of
 from tidegate.example.badrecords import BadKind, BadRecordInjector
 from tidegate.example.generator import TransactionGenerator
-from tidegate.features import FEATURE_NAMES
-from tidegate.ingestion import Dedupe, ingest_batch
+from tidegate.models.registry import ModelRegistry
+from tidegate.models.training import train_example
 from tidegate.outputs import Outgoing
-from tidegate.registry import ModelRegistry
+from tidegate.pipeline.feature import FEATURE_NAMES
+from tidegate.pipeline.ingest import Dedupe, ingest_batch
+from tidegate.runtime.stage import StageRuntime
 from tidegate.settings import Settings, load_settings
-from tidegate.stage import StageRuntime
-from tidegate.training import train_example
 
 pytestmark = pytest.mark.agent
 
@@ -104,7 +104,7 @@ def drive(stage: str, puts: Sequence[Put], settings: Settings, monkeypatch: pyte
     """Build ``stage``, put every message through its agent, return what it sent."""
 
     # No control topic to recover a mode from: every stage starts in the normal mode.
-    monkeypatch.setattr("tidegate.stage.read_topic", lambda *args, **kwargs: iter(()))
+    monkeypatch.setattr("tidegate.runtime.stage.read_topic", lambda *args, **kwargs: iter(()))
 
     async def main() -> Run:
         runtime = BUILDERS[stage](settings)

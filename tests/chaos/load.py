@@ -27,20 +27,20 @@ from types import TracebackType
 from typing import TypeVar, cast
 
 from tests.integration.pipeline import produce
-from tidegate.accuracy import LabelJoin
-from tidegate.analyst import AnalystConfig
-from tidegate.app import create_app, input_group
-from tidegate.backpressure import LagProbe
 from tidegate.batches import MAX_BATCH_BYTES, Batch, pack, unpack
+from tidegate.cli.supervisor import Supervisor
 from tidegate.codec import Codec
 from tidegate.deadletter import SourceRecord
 from tidegate.example.stream import ExampleMessage
-from tidegate.features import compute_features
-from tidegate.ingestion import Dedupe, ingest_batch
-from tidegate.reader import QUEUED_MIN_MESSAGES, BatchReader, batch_messages
-from tidegate.reading import read_topic
+from tidegate.kafka.reader import QUEUED_MIN_MESSAGES, BatchReader, batch_messages
+from tidegate.kafka.scan import read_topic
+from tidegate.monitoring.accuracy import LabelJoin
+from tidegate.monitoring.analyst import AnalystConfig
+from tidegate.pipeline.feature import compute_features
+from tidegate.pipeline.ingest import Dedupe, ingest_batch
+from tidegate.runtime.app import create_app, input_group
+from tidegate.runtime.backpressure import LagProbe
 from tidegate.settings import ClientConfig, Settings
-from tidegate.supervisor import Supervisor
 from tidegate.topics import STAGES, by_key
 
 __all__ = [

@@ -16,10 +16,10 @@ from tests.integration.pipeline import (
     running_pipeline,
 )
 from tidegate.example.stream import example_messages
-from tidegate.faults import FaultyModel, register_like
-from tidegate.registry import ModelRegistry
+from tidegate.models.faults import FaultyModel, register_like
+from tidegate.models.registry import ModelRegistry
+from tidegate.models.training import PRIMARY
 from tidegate.settings import Settings
-from tidegate.training import PRIMARY
 
 pytestmark = pytest.mark.chaos
 

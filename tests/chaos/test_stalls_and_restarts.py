@@ -13,9 +13,9 @@ from pathlib import Path
 import pytest
 
 from tests.integration.pipeline import free_port, produce, read_outputs
-from tidegate.broker.embedded import start_broker, stop_broker
 from tidegate.example.badrecords import ALL_KINDS
 from tidegate.example.stream import example_messages
+from tidegate.kafka.broker import start_broker, stop_broker
 from tidegate.settings import Settings, load_settings
 
 pytestmark = pytest.mark.chaos
@@ -72,7 +72,7 @@ class _Up:
         finally:
             os.environ.clear()
             os.environ.update(old)
-        from tidegate.cluster import bootstrap_servers
+        from tidegate.kafka.clients import bootstrap_servers
 
         return settings.model_copy(update={"kafka_bootstrap_servers":
                                            bootstrap_servers(settings)})

@@ -15,14 +15,14 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from tidegate.admin import ensure_topics
+from tidegate.cli.supervisor import Supervisor
 from tidegate.codec import Codec
 from tidegate.deadletter import context_of
 from tidegate.example.stream import ExampleMessage
-from tidegate.reading import read_topic
-from tidegate.registry import ModelRegistry
+from tidegate.kafka.admin import ensure_topics
+from tidegate.kafka.scan import read_topic
+from tidegate.models.registry import ModelRegistry
 from tidegate.settings import ClientConfig, Settings
-from tidegate.supervisor import Supervisor
 from tidegate.topics import CATALOG, STAGES
 
 STAGE_NAMES = ("ingest", "validation", "feature", "inference", "monitoring")
@@ -39,7 +39,7 @@ def example_registry(root: Path) -> Path:
     """A registry with the example models, trained once per session and copied per test."""
     import shutil
 
-    from tidegate.training import train_example
+    from tidegate.models.training import train_example
 
     if "models" not in _trained:
         source = root.parent / "trained-models"

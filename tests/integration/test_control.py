@@ -15,9 +15,9 @@ from tests.integration.pipeline import (
     wait_until_healthy,
 )
 from tidegate.cli.main import main
+from tidegate.cli.supervisor import Supervisor
 from tidegate.example.stream import example_messages
 from tidegate.settings import Settings
-from tidegate.supervisor import Supervisor
 
 pytestmark = pytest.mark.integration
 

@@ -7,9 +7,9 @@ import subprocess
 import pytest
 
 from tests.integration.pipeline import produce, running_pipeline, wait_for_outputs
-from tidegate.broker.jars import classpath, require_tool
 from tidegate.example.badrecords import kind_by_name
 from tidegate.example.stream import example_messages
+from tidegate.kafka.jars import classpath, require_tool
 from tidegate.settings import Settings
 
 pytestmark = pytest.mark.integration

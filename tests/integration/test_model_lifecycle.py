@@ -20,12 +20,12 @@ from tests.integration.pipeline import (
     wait_until_healthy,
 )
 from tidegate.cli.main import main
+from tidegate.cli.supervisor import Supervisor
 from tidegate.example.stream import example_messages
-from tidegate.lifecycle import train_candidates
-from tidegate.registry import ModelRegistry
+from tidegate.models.lifecycle import train_candidates
+from tidegate.models.registry import ModelRegistry
+from tidegate.models.training import PRIMARY
 from tidegate.settings import Settings
-from tidegate.supervisor import Supervisor
-from tidegate.training import PRIMARY
 
 pytestmark = pytest.mark.integration
 

@@ -23,12 +23,12 @@ from tests.integration.pipeline import (
 )
 from tidegate.codec import Codec
 from tidegate.example.stream import ExampleMessage, example_messages
-from tidegate.faults import register_bad_version
-from tidegate.lifecycle import promote
-from tidegate.reading import read_topic
-from tidegate.registry import ModelRegistry
+from tidegate.kafka.scan import read_topic
+from tidegate.models.faults import register_bad_version
+from tidegate.models.lifecycle import promote
+from tidegate.models.registry import ModelRegistry
+from tidegate.models.training import PRIMARY
 from tidegate.settings import ClientConfig, Settings
-from tidegate.training import PRIMARY
 
 pytestmark = pytest.mark.integration
 

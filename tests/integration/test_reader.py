@@ -15,7 +15,7 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.conftest import Cluster
-from tidegate.reader import BatchReader, ReaderEvent
+from tidegate.kafka.reader import BatchReader, ReaderEvent
 from tidegate.settings import ClientConfig
 
 pytestmark = pytest.mark.integration

@@ -14,14 +14,14 @@ import pytest
 from confluent_kafka import Consumer, Producer, TopicPartition
 
 from tests.integration.pipeline import Outputs, produce, running_pipeline, wait_for_outputs
-from tidegate.admin import ensure_topics
 from tidegate.cli.main import main
+from tidegate.cli.replay import ReplayRequest, replay, replay_group
 from tidegate.codec import Codec
 from tidegate.deadletter import DeadLetter, Headers, SourceRecord, context_of
 from tidegate.example.generator import TransactionGenerator
 from tidegate.example.stream import ExampleMessage, example_messages
-from tidegate.reading import read_topic
-from tidegate.replay import ReplayRequest, replay, replay_group
+from tidegate.kafka.admin import ensure_topics
+from tidegate.kafka.scan import read_topic
 from tidegate.settings import ClientConfig, Settings
 from tidegate.topics import CATALOG
 

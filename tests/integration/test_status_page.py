@@ -25,7 +25,7 @@ import pytest
 
 from tests.integration.pipeline import STAGE_NAMES, produce, running_pipeline, wait_until_healthy
 from tidegate.example.stream import example_messages
-from tidegate.page import status_page
+from tidegate.monitoring.page import status_page
 from tidegate.settings import Settings
 
 pytestmark = pytest.mark.integration

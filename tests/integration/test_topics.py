@@ -6,8 +6,8 @@ import pytest
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from tests.conftest import Cluster
-from tidegate.admin import describe_topics, ensure_topics
 from tidegate.cli.main import main
+from tidegate.kafka.admin import describe_topics, ensure_topics
 from tidegate.settings import ClientConfig, Settings
 from tidegate.topics import CATALOG, by_key
 

@@ -7,7 +7,12 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tidegate.accuracy import LabelJoin, accuracy_finding, calibration_error, worst_shortfall
+from tidegate.monitoring.accuracy import (
+    LabelJoin,
+    accuracy_finding,
+    calibration_error,
+    worst_shortfall,
+)
 
 pytestmark = pytest.mark.unit
 

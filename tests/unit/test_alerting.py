@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tidegate.alerting import LEVELS, Alert, AlertBook, Finding, level_of, system_level
+from tidegate.monitoring.alerting import LEVELS, Alert, AlertBook, Finding, level_of, system_level
 
 pytestmark = pytest.mark.unit
 

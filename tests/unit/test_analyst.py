@@ -10,9 +10,9 @@ from typing import Any
 
 import pytest
 
-from tidegate.analyst import ISSUER, Analyst, AnalystConfig, Assessment
-from tidegate.anomaly import WatchConfig
 from tidegate.control import command, validate
+from tidegate.monitoring.analyst import ISSUER, Analyst, AnalystConfig, Assessment
+from tidegate.monitoring.anomaly import WatchConfig
 
 pytestmark = pytest.mark.unit
 

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tidegate.anomaly import (
+from tidegate.monitoring.anomaly import (
     LatencyObjective,
     SlidingRate,
     StageWatch,

@@ -27,7 +27,7 @@ from tidegate.batches import (
 from tidegate.codec import Codec
 from tidegate.deadletter import Headers, SourceRecord
 from tidegate.errors import CodecError
-from tidegate.ingestion import Dedupe, ingest_batch
+from tidegate.pipeline.ingest import Dedupe, ingest_batch
 
 pytestmark = pytest.mark.unit
 

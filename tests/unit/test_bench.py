@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from tidegate.bench import _per_event, _per_stage, _restamp, _stage_commands, render
+from tidegate.cli.benchmark import _per_event, _per_stage, _restamp, _stage_commands, render
 from tidegate.codec import Codec
 from tidegate.example.stream import example_messages
 

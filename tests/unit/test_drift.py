@@ -9,8 +9,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tidegate.drift import DriftMonitor, DriftSketch, drift_finding, ks_binned, psi
-from tidegate.registry import bin_shares, reference_bins
+from tidegate.models.registry import bin_shares, reference_bins
+from tidegate.monitoring.drift import DriftMonitor, DriftSketch, drift_finding, ks_binned, psi
 
 pytestmark = pytest.mark.unit
 

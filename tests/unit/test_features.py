@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tidegate.example import generator
-from tidegate.features import (
+from tidegate.pipeline.feature import (
     CHANNELS,
     ENTRY_MODES,
     FEATURE_NAMES,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tidegate.backpressure import LagValve
-from tidegate.guard import DeadLetterGuard
+from tidegate.runtime.backpressure import LagValve
+from tidegate.runtime.guard import DeadLetterGuard
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,8 @@ import time
 import pytest
 
 from tidegate.codec import Codec
-from tidegate.health import StageMetrics, instance_name
-from tidegate.status import StatusBoard
+from tidegate.monitoring.status import StatusBoard
+from tidegate.runtime.metrics import StageMetrics, instance_name
 
 pytestmark = pytest.mark.unit
 

@@ -18,20 +18,20 @@ from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.codec import Codec
 from tidegate.control import StageMode, command
 from tidegate.errors import ScoringError
-from tidegate.features import FEATURE_NAMES
-from tidegate.inference import (
+from tidegate.models.registry import ModelRegistry, ModelVersion
+from tidegate.models.scoring import ModelScorer, Scorer, StaticScorer
+from tidegate.models.training import FALLBACK, PRIMARY
+from tidegate.pipeline.feature import FEATURE_NAMES
+from tidegate.pipeline.inference import (
     Path as ChainPath,
 )
-from tidegate.inference import (
+from tidegate.pipeline.inference import (
     PrimarySwitch,
     ScoreResult,
     ScoringChain,
     pinned_version,
     predictions,
 )
-from tidegate.registry import ModelRegistry, ModelVersion
-from tidegate.scoring import ModelScorer, Scorer, StaticScorer
-from tidegate.training import FALLBACK, PRIMARY
 
 pytestmark = pytest.mark.unit
 

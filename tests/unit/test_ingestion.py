@@ -14,7 +14,7 @@ from tidegate.codec import Codec
 from tidegate.deadletter import CONTEXT_PREFIX, DeadLetter, Headers, SourceRecord, context_of
 from tidegate.example.badrecords import ALL_KINDS, BadKind, BadRecordInjector
 from tidegate.example.generator import TransactionGenerator
-from tidegate.ingestion import (
+from tidegate.pipeline.ingest import (
     REPLAY_HEADER,
     STAGE,
     Dedupe,

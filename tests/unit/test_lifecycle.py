@@ -12,8 +12,8 @@ import pytest
 
 from tidegate.cli.main import main
 from tidegate.errors import ConfigError, RollbackUnavailableError
-from tidegate.faults import register_bad_version
-from tidegate.lifecycle import (
+from tidegate.models.faults import register_bad_version
+from tidegate.models.lifecycle import (
     PromotionRefusedError,
     Sample,
     Tolerances,
@@ -23,9 +23,9 @@ from tidegate.lifecycle import (
     shadow_check,
     train_candidates,
 )
-from tidegate.registry import ModelRegistry
+from tidegate.models.registry import ModelRegistry
+from tidegate.models.training import FALLBACK, PRIMARY, train_example
 from tidegate.settings import Settings, load_settings
-from tidegate.training import FALLBACK, PRIMARY, train_example
 
 pytestmark = pytest.mark.unit
 
@@ -187,7 +187,7 @@ def test_issue_command_writes_the_control_topic_and_an_audit_copy(
     from tidegate.control import command
 
     FakeProducer.produced = []
-    monkeypatch.setattr("tidegate.lifecycle.Producer", FakeProducer)
+    monkeypatch.setattr("tidegate.models.lifecycle.Producer", FakeProducer)
     record = command("inference", "threshold", parameters={"value": "0.3"}, reason="r",
                      issuer="a")
     issue_command(settings, record, audit={"note": "x"})
@@ -208,7 +208,7 @@ def test_cli_promote_prints_the_report_and_rollback_switches_back(
         settings: Settings, capsys: pytest.CaptureFixture[str],
         monkeypatch: pytest.MonkeyPatch) -> None:
     sent: list[dict[str, Any]] = []
-    monkeypatch.setattr("tidegate.lifecycle.issue_command",
+    monkeypatch.setattr("tidegate.models.lifecycle.issue_command",
                         lambda settings, record, **kw: sent.append(record))
     code, out, _ = _run(["model", "promote", PRIMARY, "v2", "--reason", "retrained",
                          "--sample-events", "6000"], capsys)

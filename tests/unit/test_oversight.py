@@ -11,15 +11,15 @@ from typing import Any, cast
 
 import pytest
 
-from tidegate.analyst import Analyst
 from tidegate.codec import Codec
 from tidegate.errors import BrokerError
+from tidegate.models.registry import PRIMARY, ModelRegistry, ModelVersion, Stage
+from tidegate.monitoring.analyst import Analyst
+from tidegate.monitoring.oversight import LazyJoin, Oversight
+from tidegate.monitoring.status import StatusBoard
 from tidegate.outputs import Outgoing
-from tidegate.oversight import LazyJoin, Oversight
-from tidegate.registry import PRIMARY, ModelRegistry, ModelVersion, Stage
+from tidegate.runtime.stage import StageRuntime
 from tidegate.settings import Settings
-from tidegate.stage import StageRuntime
-from tidegate.status import StatusBoard
 from tidegate.topics import TopicSpec
 
 pytestmark = pytest.mark.unit
@@ -117,7 +117,7 @@ def inference_health(version: str | None) -> dict[str, Any]:
 def test_the_registry_is_read_once_per_served_version_even_one_it_lacks(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     registry = CountingRegistry(model_version(1, "archived", 1), model_version(2, "production", 2))
-    monkeypatch.setattr("tidegate.oversight.ModelRegistry", lambda root: registry)
+    monkeypatch.setattr("tidegate.monitoring.oversight.ModelRegistry", lambda root: registry)
     watch = oversight(monkeypatch, Settings(data_dir=tmp_path))
     assert (registry.listings, watch.served) == (1, f"{PRIMARY}:v2")  # production at start
 
@@ -159,8 +159,8 @@ def test_a_rollback_shows_the_command_sent_to_the_control_topic(
         monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     sent: list[dict[str, Any]] = []
     issue = lambda settings, record, **kw: sent.append(record)  # noqa: E731
-    monkeypatch.setattr("tidegate.lifecycle.issue_command", issue)
-    monkeypatch.setattr("tidegate.oversight.issue_command", issue)
+    monkeypatch.setattr("tidegate.models.lifecycle.issue_command", issue)
+    monkeypatch.setattr("tidegate.monitoring.oversight.issue_command", issue)
     watch = failing_production(monkeypatch, tmp_path)
     asyncio.run(watch.assess())
     (issued,) = sent
@@ -176,7 +176,7 @@ def test_a_rollback_that_fails_still_shows_what_monitoring_decided(
     def rollback(*args: Any, **kwargs: Any) -> None:
         raise BrokerError("the rollback command was not delivered")
 
-    monkeypatch.setattr("tidegate.oversight.rollback", rollback)
+    monkeypatch.setattr("tidegate.monitoring.oversight.rollback", rollback)
     watch = failing_production(monkeypatch, tmp_path)
     asyncio.run(watch.assess())
     (action,) = watch.snapshot()["actions"]

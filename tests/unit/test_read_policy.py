@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tidegate.reader import batch_messages, read_linger
+from tidegate.kafka.reader import batch_messages, read_linger
 from tidegate.settings import Settings
 from tidegate.topics import by_key
 

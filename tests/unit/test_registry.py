@@ -14,7 +14,7 @@ from tidegate.errors import (
     RegistryNotFoundError,
     RollbackUnavailableError,
 )
-from tidegate.registry import ModelRegistry, ModelVersion, bin_shares, reference_bins
+from tidegate.models.registry import ModelRegistry, ModelVersion, bin_shares, reference_bins
 
 pytestmark = pytest.mark.unit
 

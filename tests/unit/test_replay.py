@@ -10,9 +10,7 @@ import pytest
 
 from tidegate.cli.dlq import Condition, parse_condition, parse_time
 from tidegate.cli.main import main
-from tidegate.deadletter import DeadLetter, Headers, SourceRecord
-from tidegate.errors import ConfigError
-from tidegate.replay import (
+from tidegate.cli.replay import (
     REPLAY_AT_HEADER,
     REPLAY_HEADER,
     REPLAY_OFFSET_HEADER,
@@ -23,6 +21,8 @@ from tidegate.replay import (
     replay_group,
     replay_headers,
 )
+from tidegate.deadletter import DeadLetter, Headers, SourceRecord
+from tidegate.errors import ConfigError
 
 pytestmark = pytest.mark.unit
 

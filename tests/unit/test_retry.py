@@ -14,7 +14,6 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from tidegate.breaker import BreakerOpenError, State
-from tidegate.delivery import delivery_error
 from tidegate.errors import (
     BadMagicError,
     BrokerStartError,
@@ -38,6 +37,7 @@ from tidegate.errors import (
     TopicMismatchError,
     TruncatedAvroError,
 )
+from tidegate.kafka.producer import delivery_error
 from tidegate.retry import (
     ErrorKind,
     RetryOn,

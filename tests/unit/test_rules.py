@@ -14,7 +14,7 @@ import pytest
 from tidegate.errors import ConfigError, RulesFileError
 from tidegate.example import example_rules
 from tidegate.example.generator import TransactionGenerator
-from tidegate.rules import RuleSet, load_rules
+from tidegate.pipeline.validation import RuleSet, load_rules
 
 pytestmark = pytest.mark.unit
 

@@ -10,9 +10,9 @@ import faust
 import pydantic
 import pytest
 
-from tidegate.app import credentials
 from tidegate.cli.main import main
 from tidegate.errors import ConfigError
+from tidegate.runtime.app import credentials
 from tidegate.settings import load_settings, security_config
 
 pytestmark = pytest.mark.unit

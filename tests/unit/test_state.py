@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tidegate.state import ChangelogStore
+from tidegate.runtime.state import ChangelogStore
 
 pytestmark = pytest.mark.unit
 

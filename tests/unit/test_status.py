@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tidegate.status import StatusBoard
+from tidegate.monitoring.status import StatusBoard
 from tidegate.topics import STAGE_ORDER
 
 pytestmark = pytest.mark.unit

@@ -9,9 +9,9 @@ from typing import Any
 import pytest
 
 from tidegate.agents.monitoring import _since
-from tidegate.page import status_page
+from tidegate.monitoring.page import status_page
+from tidegate.monitoring.status import History, StatusBoard
 from tidegate.settings import load_settings
-from tidegate.status import History, StatusBoard
 
 pytestmark = pytest.mark.unit
 

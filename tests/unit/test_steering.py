@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from tidegate.backpressure import LagValve
 from tidegate.control import command
-from tidegate.guard import DeadLetterGuard
-from tidegate.steering import Steering
+from tidegate.runtime.backpressure import LagValve
+from tidegate.runtime.guard import DeadLetterGuard
+from tidegate.runtime.steering import Steering
 
 pytestmark = pytest.mark.unit
 

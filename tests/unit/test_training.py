@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from tidegate.errors import ConfigError, FeatureMismatchError, ScoringError
-from tidegate.features import FEATURE_NAMES
-from tidegate.registry import ModelRegistry, ModelVersion
-from tidegate.scoring import ModelScorer, Scorer, StaticScorer
-from tidegate.training import (
+from tidegate.models.registry import ModelRegistry, ModelVersion
+from tidegate.models.scoring import ModelScorer, Scorer, StaticScorer
+from tidegate.models.training import (
     FALLBACK,
     PRIMARY,
     Dataset,
@@ -20,6 +19,7 @@ from tidegate.training import (
     time_split,
     train_example,
 )
+from tidegate.pipeline.feature import FEATURE_NAMES
 
 pytestmark = pytest.mark.unit
 

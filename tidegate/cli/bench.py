@@ -29,7 +29,7 @@ def bench(events: int, half_rate_seconds: float, workers: int, latency_rate: flo
 
     Uses KAFKA_BOOTSTRAP_SERVERS if set, else a fresh embedded broker for the run.
     """
-    from tidegate.bench import render, run_bench
+    from tidegate.cli.benchmark import render, run_bench
 
     report = run_bench(load_settings(), events=events, half_rate_seconds=half_rate_seconds,
                        workers=workers, latency_rate=latency_rate)

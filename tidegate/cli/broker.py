@@ -8,13 +8,13 @@ from dataclasses import asdict
 
 import click
 
-from tidegate.broker.embedded import (
+from tidegate.kafka.broker import (
     broker_status,
     log_file,
     start_broker,
     stop_broker,
 )
-from tidegate.broker.jars import kafka_home, resolve_jars
+from tidegate.kafka.jars import kafka_home, resolve_jars
 from tidegate.settings import load_settings
 
 __all__ = ["broker"]

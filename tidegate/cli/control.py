@@ -11,11 +11,11 @@ import getpass
 
 import click
 
-from tidegate.cluster import client_config
 from tidegate.codec import Codec
 from tidegate.control import SYSTEM, command
-from tidegate.lifecycle import issue_command
-from tidegate.reading import read_topic
+from tidegate.kafka.clients import client_config
+from tidegate.kafka.scan import read_topic
+from tidegate.models.lifecycle import issue_command
 from tidegate.settings import load_settings
 from tidegate.topics import DATA_STAGES, by_key
 

@@ -13,10 +13,10 @@ from typing import Any, BinaryIO, cast
 import click
 from confluent_kafka import Producer
 
-from tidegate.cluster import client_config
 from tidegate.codec import Codec
 from tidegate.errors import BrokerError, CodecError, ConfigError
-from tidegate.reading import Message, read_topic
+from tidegate.kafka.clients import client_config
+from tidegate.kafka.scan import Message, read_topic
 from tidegate.settings import Settings, load_settings
 from tidegate.topics import CATALOG, by_key
 

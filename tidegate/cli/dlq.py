@@ -19,18 +19,18 @@ from typing import TYPE_CHECKING, Any, Literal, cast
 import click
 
 from tidegate.cli.data import render
-from tidegate.cluster import client_config
-from tidegate.codec import Codec
-from tidegate.deadletter import Headers, context_of, header_value
-from tidegate.errors import CodecError, ConfigError
-from tidegate.reading import Message, read_topic
-from tidegate.replay import (
+from tidegate.cli.replay import (
     REPLAY_OFFSET_HEADER,
     ReplayRequest,
     ReplaySummary,
     dlq_topic,
     replay,
 )
+from tidegate.codec import Codec
+from tidegate.deadletter import Headers, context_of, header_value
+from tidegate.errors import CodecError, ConfigError
+from tidegate.kafka.clients import client_config
+from tidegate.kafka.scan import Message, read_topic
 from tidegate.settings import ClientConfig, load_settings
 from tidegate.topics import STAGES
 

@@ -13,7 +13,7 @@ import time
 
 import click
 
-from tidegate.lifecycle import (
+from tidegate.models.lifecycle import (
     SHADOW_EVENTS,
     PromotionRefusedError,
     Sample,
@@ -22,7 +22,7 @@ from tidegate.lifecycle import (
     rollback,
     train_candidates,
 )
-from tidegate.registry import ModelRegistry, ModelVersion
+from tidegate.models.registry import ModelRegistry, ModelVersion
 from tidegate.settings import load_settings
 
 __all__ = ["model"]
@@ -59,12 +59,12 @@ def train(events: int, seed: int, candidate: bool, bad: bool) -> None:
     began = time.monotonic()
     registry = ModelRegistry(settings.registry_dir)
     if bad:
-        from tidegate.faults import register_bad_version
-        from tidegate.training import PRIMARY
+        from tidegate.models.faults import register_bad_version
+        from tidegate.models.training import PRIMARY
 
         click.echo(_describe(register_bad_version(registry, PRIMARY)) + " (inverted: a drill)")
         return
-    from tidegate.training import train_example
+    from tidegate.models.training import train_example
 
     trained = (train_candidates(registry, events=events, seed=seed) if candidate
                else train_example(registry, events=events, seed=seed))

@@ -27,7 +27,7 @@ def run(name: str, worker: int | None) -> None:
     """Run stage NAME until SIGTERM or Ctrl-C; in-flight batches finish first."""
     import faust
 
-    from tidegate.logs import logging_config
+    from tidegate.cli.logs import logging_config
 
     settings = load_settings()
     if worker is not None:

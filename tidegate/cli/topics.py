@@ -7,9 +7,9 @@ from dataclasses import asdict
 
 import click
 
-from tidegate.admin import TopicReport, describe_topics, ensure_topics
-from tidegate.cluster import client_config
 from tidegate.errors import TopicMismatchError
+from tidegate.kafka.admin import TopicReport, describe_topics, ensure_topics
+from tidegate.kafka.clients import client_config
 from tidegate.settings import Settings, load_settings
 from tidegate.topics import CATALOG, TopicSpec
 

@@ -13,13 +13,13 @@ from typing import Any
 
 import click
 
-from tidegate.admin import ensure_topics
-from tidegate.broker.embedded import start_broker, stop_broker
-from tidegate.cluster import client_config
+from tidegate.cli.watchdog import HealthWatch, StallDetector
 from tidegate.errors import TidegateError, TopicMismatchError
+from tidegate.kafka.admin import ensure_topics
+from tidegate.kafka.broker import start_broker, stop_broker
+from tidegate.kafka.clients import client_config
 from tidegate.settings import Settings, load_settings
 from tidegate.topics import CATALOG, STAGE_ORDER, by_key
-from tidegate.watchdog import HealthWatch, StallDetector
 
 __all__ = ["init", "status", "up"]
 
@@ -38,8 +38,8 @@ def up(demo: bool, rate: float, bad_rate: float, duration: float | None) -> None
 
     Ctrl-C (or SIGTERM) stops the stages cleanly, then the broker if this command started it.
     """
-    from tidegate.logs import logging_config
-    from tidegate.supervisor import Supervisor
+    from tidegate.cli.logs import logging_config
+    from tidegate.cli.supervisor import Supervisor
 
     settings = load_settings()
     import logging.config
@@ -114,7 +114,7 @@ def _prepare(settings: Settings) -> None:
 
 
 def _ensure_model(settings: Settings) -> None:
-    from tidegate.training import ensure_example_models
+    from tidegate.models.training import ensure_example_models
 
     for version in ensure_example_models(settings.registry_dir):
         click.echo(f"trained the example model {version.name}:{version.version} "

@@ -15,7 +15,7 @@ from importlib.resources import files
 
 from tidegate.example.badrecords import ALL_KINDS, BadKind, BadRecordInjector, list_kinds
 from tidegate.example.generator import TransactionGenerator
-from tidegate.rules import RuleSet, load_rules
+from tidegate.pipeline.validation import RuleSet, load_rules
 
 __all__ = [
     "ALL_KINDS",

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from tidegate.broker.embedded import read_state
 from tidegate.errors import BrokerNotRunningError
+from tidegate.kafka.broker import read_state
 from tidegate.settings import ClientConfig, Settings
 
 __all__ = ["bootstrap_servers", "client_config"]

@@ -31,23 +31,23 @@ import faust
 from confluent_kafka import TopicPartition
 from threadpoolctl import threadpool_limits
 
-from tidegate.app import create_app, input_group
-from tidegate.backpressure import LagProbe
 from tidegate.batches import Batch, event_letters, unpack_messages
-from tidegate.cluster import client_config
 from tidegate.codec import Codec
 from tidegate.control import StageMode
 from tidegate.deadletter import DeadLetter, source_record
-from tidegate.delivery import Outbox
 from tidegate.errors import BrokerError, CodecError
-from tidegate.health import StageMetrics
+from tidegate.kafka.clients import client_config
+from tidegate.kafka.producer import Outbox
+from tidegate.kafka.reader import BatchReader, batch_messages, read_linger
+from tidegate.kafka.scan import read_topic
+from tidegate.kafka.transactions import TransactionalOutbox
 from tidegate.outputs import Deliver, Handler, Outgoing, Staged, messages
-from tidegate.reader import BatchReader, batch_messages, read_linger
-from tidegate.reading import read_topic
+from tidegate.runtime.app import create_app, input_group
+from tidegate.runtime.backpressure import LagProbe
+from tidegate.runtime.metrics import StageMetrics
+from tidegate.runtime.steering import Steering
 from tidegate.settings import Settings
-from tidegate.steering import Steering
 from tidegate.topics import STAGES, TopicSpec, by_key, downstream_of
-from tidegate.transactions import TransactionalOutbox
 
 __all__ = ["EXIT_DELIVERY", "StageRuntime"]
 

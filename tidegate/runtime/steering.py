@@ -20,9 +20,9 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tidegate.backpressure import LagValve
 from tidegate.control import StageMode
-from tidegate.guard import DeadLetterGuard
+from tidegate.runtime.backpressure import LagValve
+from tidegate.runtime.guard import DeadLetterGuard
 from tidegate.settings import Settings
 
 __all__ = ["Steering", "SteeringReport"]

@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from tidegate.alerting import Finding, Severity
+from tidegate.monitoring.alerting import Finding, Severity
 
 __all__ = ["SCORE", "DriftMonitor", "DriftSketch", "drift_finding", "ks_binned", "psi"]
 

@@ -29,9 +29,9 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from tidegate.broker.config import log4j_config, server_properties
-from tidegate.broker.jars import classpath, require_tool, resolve_jars
 from tidegate.errors import BrokerError, BrokerStartError
+from tidegate.kafka.broker_config import log4j_config, server_properties
+from tidegate.kafka.jars import classpath, require_tool, resolve_jars
 from tidegate.settings import Settings
 
 __all__ = [

@@ -27,13 +27,13 @@ import numpy as np
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
-from tidegate.admin import ensure_topics
-from tidegate.broker.embedded import start_broker, stop_broker
-from tidegate.broker.jars import classpath, require_tool
+from tidegate.cli.supervisor import Supervisor
 from tidegate.codec import Codec
 from tidegate.example.stream import example_messages
+from tidegate.kafka.admin import ensure_topics
+from tidegate.kafka.broker import start_broker, stop_broker
+from tidegate.kafka.jars import classpath, require_tool
 from tidegate.settings import Settings
-from tidegate.supervisor import Supervisor
 from tidegate.topics import CATALOG, STAGE_ORDER
 
 __all__ = ["render", "run_bench"]
@@ -221,7 +221,7 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int, half_rate_seco
     env_settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap,
                                                "topic_prefix": prefix})
     ensure_topics({"bootstrap.servers": bootstrap}, CATALOG, prefix=prefix, replication=1)
-    from tidegate.training import ensure_example_models
+    from tidegate.models.training import ensure_example_models
 
     ensure_example_models(env_settings.registry_dir)
     import os

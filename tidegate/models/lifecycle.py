@@ -25,7 +25,6 @@ from typing import Any
 
 from confluent_kafka import Producer
 
-from tidegate.cluster import client_config
 from tidegate.codec import Codec
 from tidegate.control import command, command_key
 from tidegate.errors import (
@@ -33,9 +32,9 @@ from tidegate.errors import (
     ConfigError,
     TidegateError,
 )
-from tidegate.registry import ModelRegistry, ModelVersion
-from tidegate.settings import Settings
-from tidegate.shadow import (
+from tidegate.kafka.clients import client_config
+from tidegate.models.registry import ModelRegistry, ModelVersion
+from tidegate.models.shadow import (
     SHADOW_EVENTS,
     Sample,
     ShadowReport,
@@ -43,6 +42,7 @@ from tidegate.shadow import (
     Tolerances,
     shadow_check,
 )
+from tidegate.settings import Settings
 from tidegate.topics import CATALOG, by_key
 
 __all__ = [
@@ -113,7 +113,7 @@ class Rollback:
 
 def _served(name: str) -> bool:
     """Whether inference serves ``name`` as its primary: a command pins that model's version."""
-    from tidegate.registry import PRIMARY
+    from tidegate.models.registry import PRIMARY
 
     return name == PRIMARY
 
@@ -185,7 +185,7 @@ def train_candidates(registry: ModelRegistry, *, events: int = 60_000,
     >>> [mv.stage for mv in train_candidates(registry, events=20_000, seed=8)]
     ['candidate', 'candidate']
     """
-    from tidegate.training import train_example
+    from tidegate.models.training import train_example
 
     registered = []
     with tempfile.TemporaryDirectory(prefix="tidegate-train-") as scratch:

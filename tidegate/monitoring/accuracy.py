@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 
-from tidegate.alerting import Finding
+from tidegate.monitoring.alerting import Finding
 
 __all__ = ["EXCLUDED_PATHS", "LOWER_IS_BETTER", "LabelJoin", "VersionMetrics",
            "accuracy_finding", "calibration_error", "worst_shortfall"]

@@ -26,16 +26,16 @@ from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from tidegate.analyst import Analyst, AnalystConfig
-from tidegate.cluster import client_config
 from tidegate.errors import CodecError, TidegateError
-from tidegate.features import DRIFT_EXEMPT
-from tidegate.lifecycle import issue_command, rollback
+from tidegate.kafka.clients import client_config
+from tidegate.kafka.reader import BatchReader
+from tidegate.models.lifecycle import issue_command, rollback
+from tidegate.models.registry import PRIMARY, ModelRegistry
+from tidegate.monitoring.analyst import Analyst, AnalystConfig
+from tidegate.monitoring.status import StatusBoard
 from tidegate.outputs import Outgoing
-from tidegate.reader import BatchReader
-from tidegate.registry import PRIMARY, ModelRegistry
-from tidegate.stage import StageRuntime
-from tidegate.status import StatusBoard
+from tidegate.pipeline.feature import DRIFT_EXEMPT
+from tidegate.runtime.stage import StageRuntime
 from tidegate.topics import by_key
 
 __all__ = ["LazyJoin", "Oversight"]

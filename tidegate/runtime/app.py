@@ -11,8 +11,8 @@ import ssl
 
 import faust
 
-from tidegate.cluster import bootstrap_servers
 from tidegate.errors import ConfigError
+from tidegate.kafka.clients import bootstrap_servers
 from tidegate.settings import Settings
 
 __all__ = ["create_app", "credentials", "input_group"]

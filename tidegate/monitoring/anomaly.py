@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from tidegate.alerting import Finding, Severity
+from tidegate.monitoring.alerting import Finding, Severity
 
 __all__ = [
     "LatencyObjective", "SlidingRate", "StageWatch", "Trend", "TrendDetector", "WatchConfig",

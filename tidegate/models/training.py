@@ -36,8 +36,8 @@ from sklearn.preprocessing import StandardScaler
 
 from tidegate.errors import ConfigError
 from tidegate.example.generator import TransactionGenerator
-from tidegate.features import FEATURE_NAMES, AccountState, FeatureBatch, compute_features
-from tidegate.registry import FALLBACK, PRIMARY, ModelRegistry, ModelVersion, reference_bins
+from tidegate.models.registry import FALLBACK, PRIMARY, ModelRegistry, ModelVersion, reference_bins
+from tidegate.pipeline.feature import FEATURE_NAMES, AccountState, FeatureBatch, compute_features
 
 __all__ = [
     "FALLBACK",

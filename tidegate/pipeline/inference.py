@@ -28,8 +28,8 @@ from tidegate.batches import Batch
 from tidegate.breaker import BreakerOpenError, CircuitBreaker
 from tidegate.control import StageMode
 from tidegate.errors import ScoringError
-from tidegate.registry import FALLBACK, PRIMARY, ModelRegistry
-from tidegate.scoring import ModelScorer, Scorer, StaticScorer
+from tidegate.models.registry import FALLBACK, PRIMARY, ModelRegistry
+from tidegate.models.scoring import ModelScorer, Scorer, StaticScorer
 
 __all__ = [
     "Path", "PrimarySwitch", "ScoreResult", "ScoringChain", "pinned_version", "predictions",

@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from tidegate.errors import ConfigError, FeatureMismatchError, ModelArtifactError, ScoringError
-from tidegate.registry import ModelRegistry, bin_shares
-from tidegate.scoring import ModelScorer
+from tidegate.models.registry import ModelRegistry, bin_shares
+from tidegate.models.scoring import ModelScorer
 
 __all__ = ["SHADOW_EVENTS", "Sample", "ShadowReport", "Side", "Tolerances", "shadow_check"]
 
@@ -52,7 +52,7 @@ class Sample:
     @classmethod
     def example(cls, *, events: int = SHADOW_EVENTS, seed: int = SHADOW_SEED) -> Sample:
         """Labelled traffic from the example generator, featurised as the pipeline does."""
-        from tidegate.training import example_dataset
+        from tidegate.models.training import example_dataset
 
         data = example_dataset(events=events, seed=seed)
         return cls(data.matrix, data.labels.astype(bool))

@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from tidegate.registry import ModelRegistry, ModelVersion
+from tidegate.models.registry import ModelRegistry, ModelVersion
 
 __all__ = ["FaultyModel", "InvertedModel", "register_bad_version", "register_like"]
 

@@ -27,7 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from tidegate.codec import Codec
 from tidegate.deadletter import Headers, context_of, header_value
 from tidegate.errors import BrokerError, CodecError, ConfigError
-from tidegate.ingestion import REPLAY_HEADER
+from tidegate.pipeline.ingest import REPLAY_HEADER
 from tidegate.retry import retry_sync, stop_after_delay, wait_fixed
 from tidegate.settings import ClientConfig
 from tidegate.topics import CATALOG, STAGES

@@ -24,7 +24,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tidegate.broker.embedded import death_signal_prefix
+from tidegate.kafka.broker import death_signal_prefix
 
 __all__ = ["Child", "Supervisor"]
 

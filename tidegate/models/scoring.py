@@ -24,8 +24,8 @@ from typing import Any, Protocol, runtime_checkable
 import numpy as np
 
 from tidegate.errors import FeatureMismatchError, ModelArtifactError, ScoringError
-from tidegate.features import FEATURE_NAMES
-from tidegate.registry import ModelRegistry, ModelVersion
+from tidegate.models.registry import ModelRegistry, ModelVersion
+from tidegate.pipeline.feature import FEATURE_NAMES
 
 __all__ = ["ModelScorer", "Scorer", "StaticScorer"]
 

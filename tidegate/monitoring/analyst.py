@@ -36,11 +36,11 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
-from tidegate.accuracy import LabelJoin, accuracy_finding
-from tidegate.alerting import Alert, AlertBook, Finding, Level
-from tidegate.anomaly import StageWatch, WatchConfig
 from tidegate.control import DEGRADE_TARGETS, command
-from tidegate.drift import DriftMonitor, drift_finding
+from tidegate.monitoring.accuracy import LabelJoin, accuracy_finding
+from tidegate.monitoring.alerting import Alert, AlertBook, Finding, Level
+from tidegate.monitoring.anomaly import StageWatch, WatchConfig
+from tidegate.monitoring.drift import DriftMonitor, drift_finding
 from tidegate.topics import DATA_STAGES
 
 __all__ = ["ISSUER", "Analyst", "AnalystConfig", "Assessment"]

@@ -1,0 +1,1 @@
+"""Kafka clients: settings, producer, batch reader, topic scan, admin, transactions, broker."""

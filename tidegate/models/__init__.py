@@ -1,0 +1,1 @@
+"""Models: registry, scoring, training, the shadow check, promotion and rollback."""

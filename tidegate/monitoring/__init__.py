@@ -1,0 +1,1 @@
+"""Monitoring: drift, anomalies, accuracy, alerts, the analyst, status and the page."""

@@ -1,0 +1,1 @@
+"""The stage runtime: the Faust app, the batch loop, steering, metrics, state."""
