@@ -67,7 +67,11 @@ def build(settings: Settings) -> StageRuntime:
                for partition, value in pack(runtime.codec, featured, stage=STAGE)]
         return out + writes + runtime.dead_letters(dead)
 
-    runtime.consume(featurize_events, name="featurize_events")
+    if isinstance(accounts, ChangelogStore):  # state and changelog delivered with the batch
+        runtime.consume(featurize_events, name="featurize_events", state=[accounts],
+                        on_assign=accounts.restore, on_revoke=accounts.forget)
+    else:
+        runtime.consume(featurize_events, name="featurize_events")
     return runtime
 
 
@@ -103,12 +107,9 @@ def _account_store(runtime: StageRuntime) -> AccountStore:
     """
     settings = runtime.settings
     if settings.reader == "librdkafka":
-        store = ChangelogStore(client_config(settings), topic=runtime.name(ACCOUNTS),
-                               max_keys=settings.feature_state_max_accounts,
-                               encode=encode_state, decode=decode_state)
-        runtime.staged.append(store)
-        runtime.on_assign, runtime.on_revoke = store.restore, store.forget
-        return store
+        return ChangelogStore(client_config(settings), topic=runtime.name(ACCOUNTS),
+                              max_keys=settings.feature_state_max_accounts,
+                              encode=encode_state, decode=decode_state)
     return _TableStore(runtime.app.Table(
         "accounts", default=None,
         schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),

@@ -29,7 +29,6 @@ def build(settings: Settings) -> StageRuntime:
     sink = runtime.topics.sink
     sink_name = runtime.name(sink)
     dedupe = Dedupe(window_ms=int(settings.dedupe_window_seconds * 1000))
-    runtime.staged.append(dedupe)  # ids count as seen once their batch is delivered
     limits = IngestLimits(max_future_ms=int(settings.max_future_seconds * 1000))
 
     async def ingest_events(events: Sequence[Any]) -> list[Outgoing]:
@@ -57,7 +56,8 @@ def build(settings: Settings) -> StageRuntime:
         )
         return out + runtime.dead_letters(dead)
 
-    runtime.consume(ingest_events, name="ingest_events")
+    # ids count as seen once their batch is delivered
+    runtime.consume(ingest_events, name="ingest_events", state=[dedupe])
     return runtime
 
 

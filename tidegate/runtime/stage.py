@@ -3,32 +3,27 @@
 A stage supplies one async handler from a batch of input events to the messages it must
 produce (next-stage batches, dead letters, predictions, state writes). The runtime:
 
-- takes micro-batches with a librdkafka ``BatchReader`` (default), which commits a batch only
-  after its delivery, or in exactly-once mode commits outputs and offsets in one transaction;
-  or with Faust's ``take_events``, which acks a batch only when the loop asks for the next one,
-  i.e. after ``deliver`` has seen every output acknowledged by the broker;
+- takes micro-batches with a librdkafka ``BatchReader`` (default), or with Faust's
+  ``take_events``, which acks a batch only when the loop asks for the next one;
+- ends every batch in its checkpoint (``tidegate.runtime.checkpoint``): outputs delivered and
+  acknowledged, then input offsets committed; in exactly-once mode both in one transaction;
 - holds its input while the stage is paused: by a control command, by the dead-letter-rate
   breaker, or by backpressure from the next stage (see ``Steering``);
 - never lets an exception reach Faust: a failing batch is retried message by message, and a
   message that still fails is dead-lettered with code INTERNAL_ERROR;
-- retries delivery with backoff inside a deadline, then exits the process without acking, so
-  the supervisor restarts it and the uncommitted input is read again;
 - emits a health event every ``health_interval`` seconds.
 """
 
 from __future__ import annotations
 
 import asyncio
-import functools
 import logging
 import os
-import random
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
 import faust
-from confluent_kafka import TopicPartition
 from threadpoolctl import threadpool_limits
 
 from tidegate.batches import Batch, event_letters, unpack_messages
@@ -41,19 +36,19 @@ from tidegate.kafka.producer import Outbox
 from tidegate.kafka.reader import BatchReader, batch_messages, read_linger
 from tidegate.kafka.scan import read_topic
 from tidegate.kafka.transactions import TransactionalOutbox
-from tidegate.outputs import Deliver, Handler, Outgoing, Staged, messages
+from tidegate.outputs import Handler, Outgoing, Staged, messages
 from tidegate.runtime.app import create_app, input_group
 from tidegate.runtime.backpressure import LagProbe
+from tidegate.runtime.checkpoint import AtLeastOnce, Checkpoint, ExactlyOnce, deliver
 from tidegate.runtime.metrics import StageMetrics
 from tidegate.runtime.steering import Steering
 from tidegate.settings import Settings
 from tidegate.topics import STAGES, TopicSpec, by_key, downstream_of
 
-__all__ = ["EXIT_DELIVERY", "StageRuntime"]
+__all__ = ["StageRuntime"]
 
 log = logging.getLogger("tidegate.stage")
 
-EXIT_DELIVERY = 75  # EX_TEMPFAIL: outputs could not be delivered; restart and read again
 
 
 class StageRuntime:
@@ -80,9 +75,7 @@ class StageRuntime:
         self._positions: dict[tuple[str, int], int] = {}
         self._outbox: Outbox | None = None
         self._reader: BatchReader | None = None
-        self.staged: list[Staged] = []
-        self.on_assign: Callable[[list[int]], None] | None = None
-        self.on_revoke: Callable[[list[int]], None] | None = None
+        self._staged: tuple[Staged, ...] = ()
         self.app.timer(settings.health_interval)(self._emit_health)
         self.steering: Steering | None = None
 
@@ -174,16 +167,22 @@ class StageRuntime:
         """The batches of internal batch messages, one per message; BAD_BATCH for unreadable."""
         return unpack_messages(self.codec, events, stage=self.stage)
 
-    def run_batches(self, handler: Handler, *, name: str,
-                    source: faust.TopicT | None = None) -> None:
-        """Register ``handler`` as an agent over micro-batches of ``source`` (default: input)."""
+    def run_batches(self, handler: Handler, *, name: str, source: faust.TopicT | None = None,
+                    state: Sequence[Staged] = ()) -> None:
+        """Register ``handler`` as a Faust agent over micro-batches of ``source`` (default: input).
+
+        Faust acks a batch only when the loop asks for the next one, i.e. after its outputs
+        were delivered and acknowledged.
+        """
+        self._staged = tuple(state)
+        checkpoint = AtLeastOnce(self._send, None, deadline=self.settings.delivery_deadline)
 
         async def agent(stream: Any) -> None:
             size, within = self.settings.batch_size, self.settings.batch_within
             async for events in stream.take_events(size, within=within):
                 if self.steering:  # paused: hold the batch unacked; buffers are bounded
                     await self.steering.wait_while_paused()
-                await self._process(handler, events)
+                await self._process(handler, events, checkpoint)
                 for event in events:
                     message = event.message
                     self._positions[(message.topic, message.partition)] = message.offset
@@ -191,30 +190,41 @@ class StageRuntime:
         agent.__name__ = name
         self.app.agent(source or self.source, name=name)(agent)
 
-    def consume(self, handler: Handler, *, name: str) -> None:
-        """Run ``handler`` over the stage's input with the configured reader."""
-        if self.settings.reader == "librdkafka":
-            self.read_batches(handler, name=name)
-        else:
-            self.run_batches(handler, name=name)
+    def consume(self, handler: Handler, *, name: str, state: Sequence[Staged] = (),
+                on_assign: Callable[[list[int]], None] | None = None,
+                on_revoke: Callable[[list[int]], None] | None = None) -> None:
+        """Run ``handler`` over the stage's input with the configured reader.
 
-    def read_batches(self, handler: Handler, *, name: str) -> None:
+        ``state`` is what the handler stages until its batch is delivered (see ``Staged``);
+        ``on_assign`` and ``on_revoke`` hear the input partitions the reader gains and loses.
+        """
+        if self.settings.reader == "librdkafka":
+            self.read_batches(handler, name=name, state=state, on_assign=on_assign,
+                              on_revoke=on_revoke)
+        else:
+            self.run_batches(handler, name=name, state=state)
+
+    def read_batches(self, handler: Handler, *, name: str, state: Sequence[Staged] = (),
+                     on_assign: Callable[[list[int]], None] | None = None,
+                     on_revoke: Callable[[list[int]], None] | None = None) -> None:
         """Run ``handler`` over micro-batches of the input read by librdkafka (``BatchReader``).
 
-        Faust hands an agent one message at a time; this takes a whole batch in one call. In
-        at-least-once mode offsets are committed after delivery; in exactly-once mode outputs and
-        offsets commit in one transaction (``tidegate.transactions``).
+        Faust hands an agent one message at a time; this takes a whole batch in one call. The
+        checkpoint ends each batch: at least once, offsets are committed after delivery; exactly
+        once, outputs and offsets commit in one transaction (``tidegate.runtime.checkpoint``).
         """
+        self._staged = tuple(state)
         group = input_group(self.stage, self.settings)
         reader = BatchReader(client_config(self.settings), topic=self.source.get_topic_name(),
-                             group=group, on_assign=self.on_assign, on_revoke=self.on_revoke)
+                             group=group, on_assign=on_assign, on_revoke=on_revoke)
         self._reader = reader
-        transactional = None
+        checkpoint: Checkpoint = AtLeastOnce(self._send, reader,
+                                             deadline=self.settings.delivery_deadline)
         if self.settings.exactly_once:
-            transactional = TransactionalOutbox(
+            checkpoint = ExactlyOnce(TransactionalOutbox(
                 client_config(self.settings), transactional_id=f"{group}-{self.settings.worker}",
                 transaction_timeout=self.settings.transaction_timeout,
-                deadline=self.settings.delivery_deadline)
+                deadline=self.settings.delivery_deadline), reader)
 
         size = batch_messages(self.settings, self.topics.source)
         within, linger = self.settings.batch_within, read_linger(self.settings, self.topics.source)
@@ -227,41 +237,22 @@ class StageRuntime:
                     else:
                         reader.resume()
                     events = await reader.next_batch(size, within, linger)
-                    if not events:
-                        continue
-                    if transactional is None:
-                        await self._process(handler, events, self.deliver)
-                        reader.commit(events)  # records the positions too
-                    else:
-                        offsets = reader.next_offsets(events)
-                        await self._process(handler, events, functools.partial(
-                            self._commit, transactional, offsets=offsets, reader=reader))
-                        reader.delivered(offsets)
+                    if events:
+                        await self._process(handler, events, checkpoint)
             finally:
                 reader.close()
 
         read.__name__ = name
         self.app.task(read)
 
-    async def _commit(self, outbox: TransactionalOutbox, outgoing: Sequence[Outgoing], *,
-                      offsets: Sequence[TopicPartition], reader: BatchReader) -> None:
-        """One transaction: the batch's outputs and its input offsets; else exit, unacked."""
-        try:
-            await outbox.commit(messages(outgoing), offsets=offsets,
-                                group_metadata=reader.group_metadata())
-        except Exception as exc:  # noqa: BLE001 -- nothing committed: restart and read again
-            log.critical("transaction not committed (%s); exiting to be restarted", exc)
-            logging.shutdown()
-            os._exit(EXIT_DELIVERY)
-
     async def _process(self, handler: Handler, events: Sequence[Any],
-                       deliver: Deliver | None = None) -> None:
+                       checkpoint: Checkpoint) -> None:
         began = time.perf_counter()
         records, dead = self.metrics.totals["in"], self.metrics.totals["dead_lettered"]
         outgoing = await self._handle(handler, events)
         handled = time.perf_counter()
-        await (deliver or self.deliver)(outgoing)
-        for staged in self.staged:
+        await checkpoint.commit(outgoing, events)
+        for staged in self._staged:
             staged.commit()
         self.metrics.record_timing(len(events), handled - began, time.perf_counter() - handled)
         if self.steering is not None:
@@ -288,10 +279,10 @@ class StageRuntime:
         try:
             outgoing = await handler(events)
         except BaseException:
-            for staged in self.staged:
+            for staged in self._staged:
                 staged.drop()
             raise
-        for staged in self.staged:
+        for staged in self._staged:
             staged.keep()
         return outgoing
 
@@ -306,21 +297,7 @@ class StageRuntime:
 
     async def deliver(self, outgoing: Sequence[Outgoing]) -> None:
         """Produce every message and wait for the broker's acks; retry, or exit for a restart."""
-        deadline = time.monotonic() + self.settings.delivery_deadline
-        delay = 0.1
-        while True:
-            try:
-                await self._send_all(outgoing)
-                return
-            except Exception as exc:  # noqa: BLE001 -- any send failure: retry, then restart
-                if time.monotonic() + delay > deadline:
-                    log.critical("outputs undeliverable for %.0f s (%s); exiting to be restarted "
-                                 "without committing", self.settings.delivery_deadline, exc)
-                    logging.shutdown()
-                    os._exit(EXIT_DELIVERY)
-                log.warning("delivery failed (%s); retrying in %.1f s", exc, delay)
-                await asyncio.sleep(delay * random.uniform(0.5, 1.5))
-                delay = min(delay * 2, 5.0)
+        await deliver(self._send, outgoing, deadline=self.settings.delivery_deadline)
 
     @property
     def outbox(self) -> Outbox:
@@ -329,7 +306,11 @@ class StageRuntime:
             self._outbox = Outbox(client_config(self.settings))
         return self._outbox
 
+    async def _send(self, outgoing: Sequence[Outgoing]) -> None:
+        await self._send_all(outgoing)  # looked up per call: tests replace _send_all
+
     async def _send_all(self, outgoing: Sequence[Outgoing]) -> None:
+        """The producer call behind every delivery."""
         await self.outbox.send_all(messages(outgoing))
 
     def lag(self) -> int:
