@@ -11,7 +11,7 @@ import numpy as np
 
 from tidegate.batches import Batch
 from tidegate.breaker import BreakerConfig, CircuitBreaker, State
-from tidegate.deadletter import DeadLetter
+from tidegate.deadletter import Code, DeadLetter
 from tidegate.models.registry import ModelRegistry
 from tidegate.models.scoring import ModelScorer, Scorer
 from tidegate.monitoring.drift import DriftSketch
@@ -71,7 +71,7 @@ def build(settings: Settings) -> StageRuntime:
                 usable.append(part)
                 continue
             got = part.features.shape[1]
-            dead += [DeadLetter.of(part.source(i), stage=STAGE, code="FEATURE_SHAPE",
+            dead += [DeadLetter.of(part.source(i), stage=STAGE, code=Code.FEATURE_SHAPE,
                                    error_class="FeatureShapeError",
                                    message=f"{got} features, the model needs {width}",
                                    event_id=part.event_ids[i], trace_id=part.trace_ids[i])

@@ -29,7 +29,7 @@ import numpy.typing as npt
 from aiokafka.partitioner import murmur2
 
 from tidegate.codec import Codec, Record
-from tidegate.deadletter import DeadLetter, SourceRecord, source_record
+from tidegate.deadletter import Code, DeadLetter, SourceRecord, source_record
 from tidegate.errors import CodecError
 
 __all__ = [
@@ -60,7 +60,7 @@ Header = dict[str, Any]  # {"key": str, "value": bytes | None}, as Avro reads it
 class BadBatchError(CodecError):
     """An internal batch message that decodes but does not hold together."""
 
-    code = "BAD_BATCH"
+    code = Code.BAD_BATCH
 
 
 @functools.lru_cache(maxsize=65_536)
@@ -317,7 +317,7 @@ def unpack_messages(codec: Codec, events: Sequence[Any], *, stage: str
         try:
             batches.append(unpack(codec, message.value, partition=message.partition))
         except CodecError as exc:
-            dead.append(DeadLetter.of(source_record(event), stage=stage, code="BAD_BATCH",
+            dead.append(DeadLetter.of(source_record(event), stage=stage, code=Code.BAD_BATCH,
                                       error_class=type(exc).__name__, message=str(exc)))
     return batches, dead
 
@@ -329,9 +329,9 @@ def event_letters(codec: Codec, event: Any, *, stage: str, error_class: str,
     try:
         batch = unpack(codec, event.message.value)
     except CodecError:
-        return [DeadLetter.of(source_record(event), stage=stage, code="BAD_BATCH",
+        return [DeadLetter.of(source_record(event), stage=stage, code=Code.BAD_BATCH,
                               error_class=error_class, message=message)]
-    return [DeadLetter.of(batch.source(i), stage=stage, code="INTERNAL_ERROR",
+    return [DeadLetter.of(batch.source(i), stage=stage, code=Code.INTERNAL_ERROR,
                           error_class=error_class, message=message,
                           event_id=batch.event_ids[i], trace_id=batch.trace_ids[i])
             for i in range(len(batch))]

@@ -19,6 +19,8 @@ from typing import Any
 
 __all__ = [
     "CONTEXT_PREFIX",
+    "Code",
+    "Context",
     "DeadLetter",
     "Headers",
     "SourceRecord",
@@ -30,6 +32,47 @@ __all__ = [
 Headers = list[tuple[str, bytes | None]]
 
 CONTEXT_PREFIX = "tidegate.dlq."
+
+
+class Code:
+    """The dead-letter codes stages assign. Decode failures carry the ``code`` of their
+    ``CodecError`` leaf (``tidegate.errors``); docs/errors.md lists every code."""
+
+    MISSING_EVENT_ID = "MISSING_EVENT_ID"
+    BAD_EVENT_ID = "BAD_EVENT_ID"
+    BAD_EVENT_TIME = "BAD_EVENT_TIME"
+    EVENT_TIME_FUTURE = "EVENT_TIME_FUTURE"
+    DUPLICATE_EVENT_ID = "DUPLICATE_EVENT_ID"
+    UNENCODABLE = "UNENCODABLE"
+    REQUIRED = "REQUIRED"
+    WRONG_TYPE = "WRONG_TYPE"
+    NOT_FINITE = "NOT_FINITE"
+    OUT_OF_RANGE = "OUT_OF_RANGE"
+    NOT_ALLOWED = "NOT_ALLOWED"
+    TOO_LONG = "TOO_LONG"
+    MISSING_SHARE = "MISSING_SHARE"
+    BAD_BATCH = "BAD_BATCH"
+    FEATURE_SHAPE = "FEATURE_SHAPE"
+    INTERNAL_ERROR = "INTERNAL_ERROR"
+
+
+class Context:
+    """The names of the error-context headers, without ``CONTEXT_PREFIX``."""
+
+    STAGE = "stage"
+    ERROR_CODE = "error.code"
+    ERROR_CLASS = "error.class"
+    ERROR_MESSAGE = "error.message"
+    ERROR_DETAILS = "error.details"
+    SOURCE_TOPIC = "source.topic"
+    SOURCE_PARTITION = "source.partition"
+    SOURCE_OFFSET = "source.offset"
+    SOURCE_TIMESTAMP = "source.timestamp"
+    FAILED_AT = "failed.at"
+    ATTEMPT = "attempt"
+    EVENT_ID = "event.id"
+    TRACE_ID = "trace.id"
+
 _MESSAGE_LIMIT = 1000
 _DETAILS_LIMIT = 8000
 
@@ -65,23 +108,23 @@ class DeadLetter:
     ) -> DeadLetter:
         """A dead letter for ``source``; the original headers come first and stay as they were."""
         context: dict[str, str] = {
-            "stage": stage,
-            "error.code": code,
-            "error.class": error_class,
-            "error.message": message[:_MESSAGE_LIMIT],
-            "source.topic": source.topic,
-            "source.partition": str(source.partition),
-            "source.offset": str(source.offset),
-            "source.timestamp": str(source.timestamp),
-            "failed.at": str(int(time.time() * 1000)),
-            "attempt": str(attempt),
+            Context.STAGE: stage,
+            Context.ERROR_CODE: code,
+            Context.ERROR_CLASS: error_class,
+            Context.ERROR_MESSAGE: message[:_MESSAGE_LIMIT],
+            Context.SOURCE_TOPIC: source.topic,
+            Context.SOURCE_PARTITION: str(source.partition),
+            Context.SOURCE_OFFSET: str(source.offset),
+            Context.SOURCE_TIMESTAMP: str(source.timestamp),
+            Context.FAILED_AT: str(int(time.time() * 1000)),
+            Context.ATTEMPT: str(attempt),
         }
         if event_id:
-            context["event.id"] = event_id
+            context[Context.EVENT_ID] = event_id
         if trace_id:
-            context["trace.id"] = trace_id
+            context[Context.TRACE_ID] = trace_id
         if details:
-            context["error.details"] = _bounded_json(list(details))
+            context[Context.ERROR_DETAILS] = _bounded_json(list(details))
         headers = [
             *(h for h in source.headers if not h[0].startswith(CONTEXT_PREFIX)),
             *((CONTEXT_PREFIX + name, value.encode()) for name, value in context.items()),

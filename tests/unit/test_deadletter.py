@@ -149,3 +149,19 @@ def test_records_are_frozen() -> None:
         letter.code = "Y"  # type: ignore[misc]
     with pytest.raises(dataclasses.FrozenInstanceError):
         record().offset = 1  # type: ignore[misc]
+
+
+def test_every_dead_letter_code_and_every_codec_code_is_documented() -> None:
+    from pathlib import Path
+
+    from tidegate import errors
+    from tidegate.deadletter import Code
+
+    documented = Path(__file__).resolve().parents[2].joinpath("docs", "errors.md").read_text()
+    codec_codes = [cls.code for cls in vars(errors).values()
+                   if isinstance(cls, type) and issubclass(cls, errors.CodecError)
+                   and cls is not errors.CodecError]  # the root is never raised itself
+    names = [value for name, value in vars(Code).items() if name.isupper()]
+    assert len(names) == 16
+    missing = [code for code in [*names, *codec_codes] if f"`{code}`" not in documented]
+    assert missing == []

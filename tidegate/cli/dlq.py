@@ -27,7 +27,7 @@ from tidegate.cli.replay import (
     replay,
 )
 from tidegate.codec import Codec
-from tidegate.deadletter import Headers, context_of, header_value
+from tidegate.deadletter import Context, Headers, context_of, header_value
 from tidegate.errors import CodecError, ConfigError
 from tidegate.kafka.clients import client_config
 from tidegate.kafka.scan import Message, read_topic
@@ -128,15 +128,15 @@ def tally(config: ClientConfig, prefix: str, codec: Codec | None = None
         for message in read_topic(config, topic):
             headers = cast(Headers, message.headers() or [])
             context = context_of(headers)
-            code = context.get("error.code", "?")
+            code = context.get(Context.ERROR_CODE, "?")
             tallies[stage].setdefault(code, Tally()).dead_letters += 1
-            event = context.get("event.id") or _event_id(message.value() or b"", codec)
+            event = context.get(Context.EVENT_ID) or _event_id(message.value() or b"", codec)
             if event is None:
                 position = f"{topic}:{message.partition()}:{message.offset()}"
                 earlier = header_value(headers, REPLAY_OFFSET_HEADER)
                 event = anonymous.get(earlier, earlier) if earlier else position
                 anonymous[position] = event
-            at = int(failed) if (failed := context.get("failed.at", "")).isdigit() else 0
+            at = int(failed) if (failed := context.get(Context.FAILED_AT, "")).isdigit() else 0
             if event not in last or at >= last[event][0]:
                 last[event] = (at, stage, code)
     for event, (_, stage, code) in last.items():
@@ -212,7 +212,7 @@ def show(stage: str, codes: tuple[str, ...], limit: int) -> None:
     shown = 0
     for message in read_topic(client_config(settings), dlq_topic(stage, settings.topic_prefix)):
         context = context_of(message.headers())
-        if codes and context.get("error.code") not in codes:
+        if codes and context.get(Context.ERROR_CODE) not in codes:
             continue
         record = render(message, codec, meta=True)
         record["context"] = context

@@ -25,7 +25,7 @@ from typing import Any, Literal, cast
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from tidegate.codec import Codec
-from tidegate.deadletter import Headers, context_of, header_value
+from tidegate.deadletter import Code, Context, Headers, context_of, header_value
 from tidegate.errors import BrokerError, CodecError, ConfigError
 from tidegate.pipeline.ingest import REPLAY_HEADER
 from tidegate.retry import retry_sync, stop_after_delay, wait_fixed
@@ -101,17 +101,17 @@ class ReplayRequest:
               position: str = "", superseded: Container[str | None] = ()) -> str:
         """``replay``, ``refuse`` (the loop guard) or why the dead letter is skipped."""
         context = context_of(headers)
-        at = int(failed) if (failed := context.get("failed.at", "")).isdigit() else -1
-        if (self.codes and context.get("error.code") not in self.codes) or (
+        at = int(failed) if (failed := context.get(Context.FAILED_AT, "")).isdigit() else -1
+        if (self.codes and context.get(Context.ERROR_CODE) not in self.codes) or (
                 self.since_ms is not None and at < self.since_ms) or (
                 self.until_ms is not None and at >= self.until_ms) or (
                 self.where and not _holds(self.where, codec or Codec(), value)):
             return "filtered"
         if position in superseded:
             return "superseded"
-        if context.get("error.code") == "DUPLICATE_EVENT_ID" and not self.codes:
+        if context.get(Context.ERROR_CODE) == Code.DUPLICATE_EVENT_ID and not self.codes:
             return "duplicate"  # its event was accepted once; ingest lets every replay through
-        if not (self.to or context.get("source.topic")):
+        if not (self.to or context.get(Context.SOURCE_TOPIC)):
             return "no source topic"
         return decide(headers, self.max_replays)
 
@@ -174,14 +174,14 @@ def replay(
                 summary.skipped[outcome] += 1
             else:
                 context = context_of(headers)
-                to = target or context["source.topic"]
+                to = target or context[Context.SOURCE_TOPIC]
                 if producer is not None and request.rate > 0:
                     sleep(max(summary.replayed / request.rate - (clock() - began), 0.0))
                 if producer is not None:
                     _produce(producer, to, message.key(), value, failures, replay_headers(
                         headers, position=position, now_ms=int(time.time() * 1000)))
                 summary.replayed += 1
-                summary.by_code[context.get("error.code", "?")] += 1
+                summary.by_code[context.get(Context.ERROR_CODE, "?")] += 1
                 summary.by_target[to] += 1
                 if len(summary.sample) < 5:
                     info = {k: context.get(k) for k in ("error.code", "error.message", "event.id")}

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 from tidegate.codec import Codec, Record
-from tidegate.deadletter import DeadLetter, Headers, SourceRecord, header_value
+from tidegate.deadletter import Code, DeadLetter, Headers, SourceRecord, header_value
 from tidegate.errors import CodecError, EnvelopeError
 from tidegate.outputs import Pending
 
@@ -93,19 +93,19 @@ def make_traceparent(headers: Headers, entropy: str | None = None) -> tuple[str,
 def _check(record: Record, limits: IngestLimits, now_ms: int) -> tuple[str, int]:
     event_id = record.get("event_id")
     if event_id is None or event_id == "":
-        raise EnvelopeError("MISSING_EVENT_ID", "the event has no event_id")
+        raise EnvelopeError(Code.MISSING_EVENT_ID, "the event has no event_id")
     if not isinstance(event_id, str) or not _UUID.match(event_id):
-        raise EnvelopeError("BAD_EVENT_ID", f"event_id {str(event_id)[:80]!r} is not a UUID")
+        raise EnvelopeError(Code.BAD_EVENT_ID, f"event_id {str(event_id)[:80]!r} is not a UUID")
     event_time = record.get("event_time")
     if isinstance(event_time, bool) or not isinstance(event_time, int):
-        raise EnvelopeError("BAD_EVENT_TIME", "event_time is missing or not integer milliseconds",
-                       event_id)
+        raise EnvelopeError(Code.BAD_EVENT_TIME,
+                            "event_time is missing or not integer milliseconds", event_id)
     if event_time > now_ms + limits.max_future_ms:
         ahead = (event_time - now_ms) / 1000
-        raise EnvelopeError("EVENT_TIME_FUTURE", f"event_time is {ahead:.0f} s in the future",
+        raise EnvelopeError(Code.EVENT_TIME_FUTURE, f"event_time is {ahead:.0f} s in the future",
                        event_id)
     if event_time < limits.min_event_time_ms:
-        raise EnvelopeError("BAD_EVENT_TIME", "event_time is before the year 2000", event_id)
+        raise EnvelopeError(Code.BAD_EVENT_TIME, "event_time is before the year 2000", event_id)
     return event_id, event_time
 
 
@@ -128,7 +128,7 @@ def ingest_batch(
             replayed = bool(source.headers) and header_value(source.headers,
                                                              REPLAY_HEADER) is not None
             if dedupe.seen(event_id, now_ms) and not replayed:
-                raise EnvelopeError("DUPLICATE_EVENT_ID", "event_id seen before in the window",
+                raise EnvelopeError(Code.DUPLICATE_EVENT_ID, "event_id seen before in the window",
                                event_id)
             encoded = _encode_json(fields).encode()
         except CodecError as exc:
@@ -141,7 +141,7 @@ def ingest_batch(
                                       event_id=exc.event_id))
             continue
         except (TypeError, ValueError) as exc:  # fields JSON cannot carry
-            dead.append(DeadLetter.of(source, stage=STAGE, code="UNENCODABLE",
+            dead.append(DeadLetter.of(source, stage=STAGE, code=Code.UNENCODABLE,
                                       error_class=type(exc).__name__, message=str(exc)))
             continue
         traceparent, trace_id = make_traceparent(source.headers,

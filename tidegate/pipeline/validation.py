@@ -36,6 +36,7 @@ from typing import Any, Literal, NoReturn, cast
 import numpy as np
 import numpy.typing as npt
 
+from tidegate.deadletter import Code
 from tidegate.errors import RulesFileError
 
 __all__ = [
@@ -329,12 +330,12 @@ class _Judge:
         missing = [i for i, v in enumerate(col) if v is None] if _NONE in types else []
         self.missing[name] = missing
         if fr.required:
-            self.flag(missing, name, "required", "REQUIRED", lambda i: f"{name} is required")
+            self.flag(missing, name, "required", Code.REQUIRED, lambda i: f"{name} is required")
         skip = set(missing)
         if fr.type is not None and not types - {_NONE} <= _FAST[fr.type]:
             ftype = fr.type
             wrong = [i for i, v in enumerate(col) if v is not None and not _type_ok(ftype, v)]
-            self.flag(wrong, name, "type", "WRONG_TYPE",
+            self.flag(wrong, name, "type", Code.WRONG_TYPE,
                       lambda i: f"{name} must be {ftype}, got {type(col[i]).__name__}")
             skip.update(wrong)
         idx = [i for i in range(n) if i not in skip] if skip else list(range(n))
@@ -346,7 +347,7 @@ class _Judge:
             finite = np.isfinite(arr)
             if fr.finite:
                 self.flag([idx[j] for j in np.flatnonzero(~finite).tolist()], name, "finite",
-                          "NOT_FINITE", lambda i: f"{name} must be finite, got {col[i]!r}")
+                          Code.NOT_FINITE, lambda i: f"{name} must be finite, got {col[i]!r}")
             outside = np.zeros(len(arr), dtype=np.bool_)
             if fr.min is not None:
                 outside |= arr < fr.min
@@ -355,15 +356,15 @@ class _Judge:
             if fr.finite:
                 outside &= finite
             self.flag([idx[j] for j in np.flatnonzero(outside).tolist()], name, "range",
-                      "OUT_OF_RANGE",
+                      Code.OUT_OF_RANGE,
                       lambda i: f"{name} must be in [{fr.min}, {fr.max}], got {_show(col[i])}")
         if fr.allowed is not None:
             self.flag([idx[j] for j in _not_allowed(vals, fr.allowed)], name, "allowed",
-                      "NOT_ALLOWED", lambda i: f"{name} value {_show(col[i])} is not allowed")
+                      Code.NOT_ALLOWED, lambda i: f"{name} value {_show(col[i])} is not allowed")
         if fr.max_length is not None:
             lengths = np.fromiter(map(len, vals), dtype=np.int64, count=len(vals))
             self.flag([idx[j] for j in np.flatnonzero(lengths > fr.max_length).tolist()], name,
-                      "max_length", "TOO_LONG",
+                      "max_length", Code.TOO_LONG,
                       lambda i: f"{name} has length {len(col[i])}, at most {fr.max_length}")
 
     def batch(self, br: MissingShareRule) -> BatchWarning | None:
@@ -375,9 +376,9 @@ class _Judge:
             return None
         text = f"{share:.1%} of {n} records miss {name}, at most {br.max_missing_share:.1%}"
         if br.action == "reject":
-            self.flag(self.missing[name], name, "max_missing_share", "MISSING_SHARE",
+            self.flag(self.missing[name], name, "max_missing_share", Code.MISSING_SHARE,
                       lambda i: text)
-        return BatchWarning(name, "max_missing_share", "MISSING_SHARE", text, br.action, share)
+        return BatchWarning(name, "max_missing_share", Code.MISSING_SHARE, text, br.action, share)
 
 
 def _check(rules: RuleSet, records: Sequence[Mapping[str, object]]) -> BatchResult:

@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 from tidegate.batches import Batch, event_letters, unpack_messages
 from tidegate.codec import Codec
 from tidegate.control import StageMode
-from tidegate.deadletter import DeadLetter, source_record
+from tidegate.deadletter import Code, DeadLetter, source_record
 from tidegate.errors import BrokerError, CodecError
 from tidegate.kafka.clients import client_config
 from tidegate.kafka.producer import Outbox
@@ -290,7 +290,7 @@ class StageRuntime:
         """INTERNAL_ERROR dead letters for a message that failed alone: one per original event."""
         message, error_class = str(exc) or type(exc).__name__, type(exc).__name__
         if not self.topics.source.internal:
-            return [DeadLetter.of(source_record(event), stage=self.stage, code="INTERNAL_ERROR",
+            return [DeadLetter.of(source_record(event), stage=self.stage, code=Code.INTERNAL_ERROR,
                                   error_class=error_class, message=message)]
         return event_letters(self.codec, event, stage=self.stage, error_class=error_class,
                              message=message)
