@@ -27,6 +27,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 from tidegate.codec import Codec
 from tidegate.deadletter import Code, Context, Headers, context_of, header_value
 from tidegate.errors import BrokerError, CodecError, ConfigError
+from tidegate.kafka.clients import CONSUMER_DEFAULTS
 from tidegate.pipeline.ingest import REPLAY_HEADER
 from tidegate.retry import retry_sync, stop_after_delay, wait_fixed
 from tidegate.settings import ClientConfig
@@ -145,8 +146,8 @@ def replay(
     topic, codec = dlq_topic(request.topic, prefix), codec or Codec()
     target = prefix + request.to if request.to in _KEYS else request.to
     summary = ReplaySummary(run_id=uuid.uuid4().hex, topic=topic, dry_run=request.dry_run)
-    consumer = Consumer({**config, "group.id": replay_group(prefix, topic), "log_level": 3,
-                         "enable.auto.commit": False, "enable.partition.eof": True})
+    consumer = Consumer({**CONSUMER_DEFAULTS, **config, "group.id": replay_group(prefix, topic),
+                         "enable.partition.eof": True})
     producer = None if request.dry_run else Producer(
         {**config, "acks": "all", "enable.idempotence": True, "linger.ms": 5, "log_level": 3})
     failures: list[str] = []

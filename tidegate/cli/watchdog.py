@@ -23,6 +23,7 @@ from confluent_kafka import OFFSET_END, Consumer, TopicPartition
 
 from tidegate.codec import Codec
 from tidegate.errors import CodecError
+from tidegate.kafka.clients import CONSUMER_DEFAULTS
 from tidegate.settings import ClientConfig
 
 __all__ = ["HealthWatch", "StallDetector"]
@@ -73,7 +74,7 @@ class HealthWatch(threading.Thread):
         self.detector = detector
         self.lock = threading.Lock()
         self._stopping = threading.Event()
-        self._consumer = Consumer({"enable.auto.commit": False, "log_level": 3, **config,
+        self._consumer = Consumer({**CONSUMER_DEFAULTS, **config,
                                    "group.id": f"{topic}.watchdog"})
         # assigned, not subscribed: no group join to wait for before the first event
         partitions = self._consumer.list_topics(topic, timeout=10).topics[topic].partitions

@@ -6,7 +6,17 @@ from tidegate.errors import BrokerNotRunningError
 from tidegate.kafka.broker import read_state
 from tidegate.settings import ClientConfig, Settings
 
-__all__ = ["bootstrap_servers", "client_config"]
+__all__ = ["CONSUMER_DEFAULTS", "PRODUCER_DEFAULTS", "bootstrap_servers", "client_config"]
+
+# Every producer of stage outputs: acknowledged by all in-sync replicas, idempotent, lz4 batches,
+# and a bounded queue (librdkafka's default is 1 GiB).
+PRODUCER_DEFAULTS: ClientConfig = {
+    "acks": "all", "enable.idempotence": True, "linger.ms": 2, "compression.type": "lz4",
+    "queue.buffering.max.kbytes": 65536, "log_level": 3,
+}
+# Every consumer: offsets committed by tidegate (after delivery), never automatically, and
+# librdkafka's log at errors only (its warnings repeat what the caller reports).
+CONSUMER_DEFAULTS: ClientConfig = {"enable.auto.commit": False, "log_level": 3}
 
 
 def bootstrap_servers(settings: Settings) -> str:

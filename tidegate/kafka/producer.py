@@ -20,6 +20,7 @@ from typing import Any
 from confluent_kafka import KafkaError, KafkaException, Producer
 
 from tidegate.errors import DeliveryError
+from tidegate.kafka.clients import PRODUCER_DEFAULTS
 from tidegate.outputs import Message
 from tidegate.settings import ClientConfig
 
@@ -61,12 +62,7 @@ class Outbox:
     """A librdkafka producer (acks=all, idempotent) with asyncio-awaitable batches."""
 
     def __init__(self, config: ClientConfig) -> None:
-        self._producer = Producer({
-            "acks": "all", "enable.idempotence": True, "linger.ms": 2,
-            "compression.type": "lz4", "log_level": 3,
-            "queue.buffering.max.kbytes": 65536,  # librdkafka's default is 1 GiB
-            **config,
-        })
+        self._producer = Producer({**PRODUCER_DEFAULTS, **config})
         self._closed = threading.Event()
         self._poller = threading.Thread(target=self._poll, name="delivery-reports", daemon=True)
         self._poller.start()

@@ -25,6 +25,7 @@ from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
 
+from tidegate.kafka.clients import CONSUMER_DEFAULTS
 from tidegate.settings import ClientConfig, Settings
 from tidegate.topics import TopicSpec
 
@@ -85,8 +86,8 @@ class BatchReader:
                  on_assign: Partitions | None = None, on_revoke: Partitions | None = None,
                  prefetch_kbytes: int = 16384, commit_interval: float = 0.5) -> None:
         self._consumer = Consumer({
-            "auto.offset.reset": "earliest", "enable.auto.commit": False,
-            "partition.assignment.strategy": "cooperative-sticky", "log_level": 3,
+            **CONSUMER_DEFAULTS, "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
             # transactional producers upstream: see only committed batches
             "isolation.level": "read_committed",
             # bound the prefetch queue: librdkafka's defaults are 64 MiB and 100,000 messages

@@ -25,6 +25,7 @@ from confluent_kafka import (
 )
 
 from tidegate.errors import BrokerError
+from tidegate.kafka.clients import CONSUMER_DEFAULTS
 from tidegate.retry import retry_sync, stop_after_delay, wait_fixed
 from tidegate.settings import ClientConfig
 
@@ -39,8 +40,8 @@ def read_topic(
 
     ``idle_timeout`` bounds how long reading waits for a message it knows exists.
     """
-    consumer = Consumer({**config, "group.id": "tidegate-reader", "enable.auto.commit": False,
-                         "enable.partition.eof": True, "log_level": 3})
+    consumer = Consumer({**CONSUMER_DEFAULTS, **config, "group.id": "tidegate-reader",
+                         "enable.partition.eof": True})
     try:
         try:
             metadata = consumer.list_topics(topic, timeout=10)

@@ -29,6 +29,7 @@ from typing import Any, cast
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
+from tidegate.kafka.clients import PRODUCER_DEFAULTS
 from tidegate.outputs import Message
 from tidegate.retry import (
     RetryState,
@@ -58,10 +59,7 @@ class TransactionalOutbox:
     def __init__(self, config: ClientConfig, *, transactional_id: str,
                  transaction_timeout: float = 10.0, deadline: float = 60.0) -> None:
         self._producer = Producer({
-            "acks": "all", "enable.idempotence": True, "linger.ms": 2,
-            "compression.type": "lz4", "log_level": 3,
-            "queue.buffering.max.kbytes": 65536,  # librdkafka's default is 1 GiB
-            **config,
+            **PRODUCER_DEFAULTS, **config,
             "transactional.id": transactional_id,
             "transaction.timeout.ms": int(transaction_timeout * 1000),
         })

@@ -18,6 +18,7 @@ from __future__ import annotations
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient
 
+from tidegate.kafka.clients import CONSUMER_DEFAULTS
 from tidegate.settings import ClientConfig
 
 __all__ = ["LagProbe", "LagValve"]
@@ -49,8 +50,8 @@ class LagProbe:
     def __init__(self, config: ClientConfig, *, group: str, topic: str) -> None:
         self.group, self.topic = group, topic
         self._admin = AdminClient({"log_level": 3, **config})
-        self._consumer = Consumer({"log_level": 3, **config, "group.id": f"{group}.lag-probe",
-                                   "enable.auto.commit": False})
+        self._consumer = Consumer({**CONSUMER_DEFAULTS, **config,
+                                   "group.id": f"{group}.lag-probe"})
 
     def lag(self) -> int | None:
         """Records the group has yet to process, or None when it cannot be read right now."""

@@ -30,6 +30,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
+from tidegate.kafka.clients import CONSUMER_DEFAULTS
 from tidegate.outputs import Pending
 from tidegate.settings import ClientConfig
 
@@ -122,9 +123,9 @@ class ChangelogStore:
         if not wanted:
             return
         began = time.monotonic()
-        consumer = Consumer({**self._config, "group.id": f"{self.topic}-restore",
-                             "enable.auto.commit": False, "enable.partition.eof": True,
-                             "isolation.level": "read_committed", "log_level": 3})
+        consumer = Consumer({**CONSUMER_DEFAULTS, **self._config,
+                             "group.id": f"{self.topic}-restore", "enable.partition.eof": True,
+                             "isolation.level": "read_committed"})
         try:
             pending = set(wanted)
             consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in wanted])
