@@ -8,9 +8,9 @@ from typing import Any, Protocol
 
 import faust
 
-from tidegate.batches import Batch, pack
+from tidegate.batches import Batch, unpack_messages
 from tidegate.kafka.clients import client_config
-from tidegate.outputs import Outgoing
+from tidegate.outputs import Outgoing, Outputs, forward
 from tidegate.pipeline.feature import AccountState, compute_features, decode_state, encode_state
 from tidegate.runtime.stage import StageRuntime
 from tidegate.runtime.state import ChangelogStore, StateWrite
@@ -35,8 +35,8 @@ def build(settings: Settings) -> StageRuntime:
     sink_name = runtime.name(runtime.topics.sink)
     accounts = _account_store(runtime)
 
-    async def featurize_events(events: Sequence[Any]) -> list[Outgoing]:
-        batches, dead = runtime.unpack_batches(events)
+    async def featurize_events(events: Sequence[Any]) -> Outputs:
+        batches, dead = unpack_messages(runtime.codec, events, stage=STAGE)
         batch = Batch.concat(batches)
         records = batch.records()
         degraded = steering.mode.degraded_to == "imputed"
@@ -60,12 +60,10 @@ def build(settings: Settings) -> StageRuntime:
                     topic, key, value, partition = write
                     writes.append(Outgoing(topic=topic, key=key, value=value, partition=partition))
         featured = batch.with_features(features.matrix, features.quality)
-        runtime.metrics.record_batch(records_in=len(batch), records_out=len(featured),
-                                     latencies_ms=featured.ages_ms())
         runtime.metrics.extra["accounts"] = str(len(accounts))
-        out = [Outgoing(topic=sink_name, partition=partition, value=value)
-               for partition, value in pack(runtime.codec, featured, stage=STAGE)]
-        return out + writes + runtime.dead_letters(dead)
+        out = forward(runtime.codec, featured, topic=sink_name, stage=STAGE)
+        return Outputs(out + writes, dead=dead, records_in=len(batch),
+                       records_out=len(featured), latencies_ms=featured.ages_ms())
 
     if isinstance(accounts, ChangelogStore):  # state and changelog delivered with the batch
         runtime.consume(featurize_events, name="featurize_events", state=[accounts],

@@ -9,13 +9,13 @@ from typing import Any
 
 import numpy as np
 
-from tidegate.batches import Batch
+from tidegate.batches import Batch, unpack_messages
 from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.deadletter import Code, DeadLetter
 from tidegate.models.registry import ModelRegistry
 from tidegate.models.scoring import ModelScorer, Scorer
 from tidegate.monitoring.drift import DriftSketch
-from tidegate.outputs import Outgoing
+from tidegate.outputs import Outputs, prediction_messages
 from tidegate.pipeline.feature import DRIFT_EXEMPT, FEATURE_NAMES
 from tidegate.pipeline.inference import Path, PrimarySwitch, ScoringChain, predictions
 from tidegate.runtime.stage import StageRuntime
@@ -62,9 +62,9 @@ def build(settings: Settings) -> StageRuntime:
     skips: dict[str | None, tuple[Path, ...]] = {
         "fallback": ("primary",), "static": ("primary", "fallback")}
 
-    async def score_features(events: Sequence[Any]) -> list[Outgoing]:
+    async def score_features(events: Sequence[Any]) -> Outputs:
         switch.refresh(steering.mode)  # cheap; a newly pinned model loads in a thread meanwhile
-        batches, dead = runtime.unpack_batches(events)
+        batches, dead = unpack_messages(runtime.codec, events, stage=STAGE)
         usable: list[Batch] = []
         for part in batches:
             if part.features.shape[1] == width:
@@ -77,7 +77,7 @@ def build(settings: Settings) -> StageRuntime:
                                    event_id=part.event_ids[i], trace_id=part.trace_ids[i])
                      for i in range(len(part))]
         batch = Batch.concat(usable)
-        out: list[Outgoing] = []
+        outputs = Outputs(dead=dead, records_in=len(batch))
         skip = skips.get(steering.mode.degraded_to, ())
         # one model call per SCORE_ROWS rows: a backlog makes batches bigger, and the slow-call
         # breaker must judge the model, not the size of the backlog
@@ -87,15 +87,14 @@ def build(settings: Settings) -> StageRuntime:
             if result.path == "primary":  # binned against the served model's reference
                 drift.add(chunk.features, result.scores)
             records = predictions(chunk, result)
-            out += [Outgoing(topic=sink_name, key=record["event_id"].encode(),
-                             value=encode(record), headers=[("traceparent", traceparent.encode())])
-                    for record, traceparent in zip(records, chunk.traceparents, strict=True)]
+            outputs.messages += prediction_messages(records, chunk.traceparents, encode=encode,
+                                                    topic=sink_name)
+            outputs.records_out += len(records)
+            outputs.latencies_ms += [r["latency_ms"] for r in records]
             runtime.metrics.extra["path"] = result.path
             runtime.metrics.count(f"predictions.{result.path}", len(records))
             runtime.metrics.count("predictions.flagged", sum(r["label"] for r in records))
-            runtime.metrics.record_batch(records_in=len(chunk), records_out=len(records),
-                                         latencies_ms=[r["latency_ms"] for r in records])
-        return out + runtime.dead_letters(dead)
+        return outputs
 
     runtime.consume(score_features, name="score_features")
     return runtime

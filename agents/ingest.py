@@ -7,9 +7,9 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tidegate.batches import Batch, pack, partition_for
+from tidegate.batches import Batch, partition_for
 from tidegate.deadletter import source_record
-from tidegate.outputs import Outgoing
+from tidegate.outputs import Outgoing, Outputs, forward, prediction_messages
 from tidegate.pipeline.inference import shed_predictions
 from tidegate.pipeline.ingest import STAGE, Dedupe, IngestLimits, ingest_batch
 from tidegate.runtime.stage import StageRuntime
@@ -31,7 +31,7 @@ def build(settings: Settings) -> StageRuntime:
     dedupe = Dedupe(window_ms=int(settings.dedupe_window_seconds * 1000))
     limits = IngestLimits(max_future_ms=int(settings.max_future_seconds * 1000))
 
-    async def ingest_events(events: Sequence[Any]) -> list[Outgoing]:
+    async def ingest_events(events: Sequence[Any]) -> Outputs:
         now_ms = int(time.time() * 1000)
         records = [source_record(event) for event in events]
         accepted, dead = ingest_batch(records, codec=runtime.codec, dedupe=dedupe,
@@ -42,19 +42,12 @@ def build(settings: Settings) -> StageRuntime:
         shed: list[Outgoing] = []
         if steering.mode.shed_share > 0:
             batch, dropped = _shed(batch, steering.mode.shed_share)
-            shed = [Outgoing(topic=predictions_topic, key=record["event_id"].encode(),
-                             value=encode_prediction(record),
-                             headers=[("traceparent", traceparent.encode())])
-                    for record, traceparent in zip(shed_predictions(dropped),
-                                                    dropped.traceparents, strict=True)]
+            shed = prediction_messages(shed_predictions(dropped), dropped.traceparents,
+                                       encode=encode_prediction, topic=predictions_topic)
             runtime.metrics.count("predictions.shed", len(shed))
-        out = [Outgoing(topic=sink_name, partition=partition, value=value)
-               for partition, value in pack(runtime.codec, batch, stage=STAGE)] + shed
-        runtime.metrics.record_batch(
-            records_in=len(records), records_out=len(accepted),
-            latencies_ms=[now_ms - r.timestamp for r in records if r.timestamp],
-        )
-        return out + runtime.dead_letters(dead)
+        return Outputs(forward(runtime.codec, batch, topic=sink_name, stage=STAGE) + shed,
+                       dead=dead, records_in=len(records), records_out=len(accepted),
+                       latencies_ms=[now_ms - r.timestamp for r in records if r.timestamp])
 
     # ids count as seen once their batch is delivered
     runtime.consume(ingest_events, name="ingest_events", state=[dedupe])

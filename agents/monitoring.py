@@ -16,7 +16,7 @@ from tidegate.errors import CodecError
 from tidegate.monitoring.oversight import Oversight
 from tidegate.monitoring.page import status_page
 from tidegate.monitoring.status import History, StatusBoard
-from tidegate.outputs import Outgoing
+from tidegate.outputs import Outputs
 from tidegate.runtime.stage import StageRuntime
 from tidegate.settings import Settings
 
@@ -39,15 +39,14 @@ def build(settings: Settings) -> StageRuntime:
     oversight = Oversight(runtime, board)
     snapshot = oversight.snapshot  # what /status serves and the page reads
 
-    async def watch_health(events: Sequence[Any]) -> list[Outgoing]:
+    async def watch_health(events: Sequence[Any]) -> Outputs:
         for event in events:
             try:
                 oversight.on_health(runtime.codec.decode(event.message.value))
             except CodecError as exc:  # nothing to dead-letter to: count it and go on
                 runtime.metrics.record_error()
                 log.warning("unreadable health event: %s", exc)
-        runtime.metrics.record_batch(records_in=len(events), records_out=0)
-        return []
+        return Outputs(records_in=len(events))
 
     runtime.run_batches(watch_health, name="watch_health")
 

@@ -7,9 +7,9 @@ from dataclasses import asdict
 from importlib.resources import files
 from typing import Any
 
-from tidegate.batches import Batch, pack
+from tidegate.batches import Batch, unpack_messages
 from tidegate.deadletter import DeadLetter
-from tidegate.outputs import Outgoing
+from tidegate.outputs import Outputs, forward
 from tidegate.pipeline.validation import RuleSet, load_rules
 from tidegate.runtime.stage import StageRuntime
 from tidegate.settings import Settings
@@ -32,8 +32,8 @@ def build(settings: Settings) -> StageRuntime:
     sink_name = runtime.name(runtime.topics.sink)
     rules = shipped_rules(settings)
 
-    async def validate_events(events: Sequence[Any]) -> list[Outgoing]:
-        batches, dead = runtime.unpack_batches(events)
+    async def validate_events(events: Sequence[Any]) -> Outputs:
+        batches, dead = unpack_messages(runtime.codec, events, stage=STAGE)
         batch = Batch.concat(batches)
         result = rules.check(batch.records())
         for index in result.failed():
@@ -46,13 +46,10 @@ def build(settings: Settings) -> StageRuntime:
                 details=[asdict(v) for v in violations],
             ))
         good = batch.take(result.passed())
-        runtime.metrics.record_batch(records_in=len(batch), records_out=len(good),
-                                     latencies_ms=good.ages_ms())
         for warning in result.warnings:
             runtime.metrics.extra[f"warning.{warning.field}"] = warning.message
-        out = [Outgoing(topic=sink_name, partition=partition, value=value)
-               for partition, value in pack(runtime.codec, good, stage=STAGE)]
-        return out + runtime.dead_letters(dead)
+        return Outputs(forward(runtime.codec, good, topic=sink_name, stage=STAGE), dead=dead,
+                       records_in=len(batch), records_out=len(good), latencies_ms=good.ages_ms())
 
     runtime.consume(validate_events, name="validate_events")
     return runtime

@@ -1,22 +1,34 @@
-"""What a stage handler returns, and the state it may stage until delivery.
+"""What a stage handler returns, the helpers that build it, and the state it may stage.
+
+A handler is a one-way function from one input batch to its :class:`Outputs`: the messages to
+produce, the dead letters, and the batch's counts. The runtime delivers them, counts them and
+commits; the handler never calls back into it.
 
 Example::
 
-    async def handler(events: Sequence[Any]) -> list[Outgoing]:
-        return [Outgoing(topic="tidegate.validated", value=batch, partition=3)]
+    async def handler(events: Sequence[Any]) -> Outputs:
+        batches, dead = unpack_messages(codec, events, stage="validation")
+        batch = Batch.concat(batches)
+        return Outputs(forward(codec, batch, topic="tidegate.validated", stage="validation"),
+                       dead=dead, records_in=len(batch), records_out=len(batch))
 """
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
+
+from tidegate.batches import Batch, pack
+from tidegate.codec import Codec
+from tidegate.deadletter import DeadLetter
 
 # The producer's tuple: topic, key, value, partition, headers.
 Message = tuple[str, bytes | None, bytes, int | None, list[tuple[str, str | bytes | None]] | None]
 
 __all__ = [
-    "Deliver", "Handler", "Message", "Outgoing", "Pending", "Staged", "messages",
+    "Handler", "Message", "Outgoing", "Outputs", "Pending", "Staged", "forward", "messages",
+    "prediction_messages",
 ]
 
 
@@ -31,8 +43,33 @@ class Outgoing:
     headers: Sequence[tuple[str, bytes | None]] | None = None
 
 
-Handler = Callable[[Sequence[Any]], Awaitable[list[Outgoing]]]
-Deliver = Callable[[Sequence[Outgoing]], Awaitable[None]]
+@dataclass(slots=True)
+class Outputs:
+    """What a handler made of one input batch."""
+
+    messages: list[Outgoing] = field(default_factory=list)
+    dead: list[DeadLetter] = field(default_factory=list)
+    records_in: int = 0
+    records_out: int = 0
+    latencies_ms: list[float] = field(default_factory=list)
+
+
+Handler = Callable[[Sequence[Any]], Awaitable[Outputs]]
+
+
+def forward(codec: Codec, batch: Batch, *, topic: str, stage: str) -> list[Outgoing]:
+    """The internal batch messages that carry ``batch`` to the next stage, one per partition."""
+    return [Outgoing(topic=topic, partition=partition, value=value)
+            for partition, value in pack(codec, batch, stage=stage)]
+
+
+def prediction_messages(records: Iterable[Mapping[str, Any]], traceparents: Iterable[str], *,
+                        encode: Callable[[Mapping[str, Any]], bytes],
+                        topic: str) -> list[Outgoing]:
+    """One message per prediction, keyed by event id, with the event's trace context."""
+    return [Outgoing(topic=topic, key=str(record["event_id"]).encode(), value=encode(record),
+                     headers=[("traceparent", traceparent.encode())])
+            for record, traceparent in zip(records, traceparents, strict=True)]
 
 
 class Staged(Protocol):

@@ -1,7 +1,7 @@
 """The runtime every stage shares: micro-batches in, outputs delivered, then offsets acked.
 
-A stage supplies one async handler from a batch of input events to the messages it must
-produce (next-stage batches, dead letters, predictions, state writes). The runtime:
+A stage supplies one async handler, a one-way function from a batch of input events to its
+``Outputs`` (next-stage batches, predictions, state writes, dead letters, counts). The runtime:
 
 - takes micro-batches with a librdkafka ``BatchReader`` (default), or with Faust's
   ``take_events``, which acks a batch only when the loop asks for the next one;
@@ -26,7 +26,7 @@ from typing import Any
 import faust
 from threadpoolctl import threadpool_limits
 
-from tidegate.batches import Batch, event_letters, unpack_messages
+from tidegate.batches import event_letters
 from tidegate.codec import Codec
 from tidegate.control import StageMode
 from tidegate.deadletter import Code, DeadLetter, source_record
@@ -36,7 +36,7 @@ from tidegate.kafka.producer import Outbox
 from tidegate.kafka.reader import BatchReader, batch_messages, read_linger
 from tidegate.kafka.scan import read_topic
 from tidegate.kafka.transactions import TransactionalOutbox
-from tidegate.outputs import Handler, Outgoing, Staged, messages
+from tidegate.outputs import Handler, Outgoing, Outputs, Staged, messages
 from tidegate.runtime.app import create_app, input_group
 from tidegate.runtime.backpressure import LagProbe
 from tidegate.runtime.checkpoint import AtLeastOnce, Checkpoint, ExactlyOnce, deliver
@@ -147,7 +147,7 @@ class StageRuntime:
         return self.app.topic(self.name(spec), key_serializer="raw", value_serializer="raw",
                               partitions=spec.partitions, internal=False)
 
-    def dead_letters(self, letters: Sequence[DeadLetter]) -> list[Outgoing]:
+    def _dead_letters(self, letters: Sequence[DeadLetter]) -> list[Outgoing]:
         """Messages for this stage's dead-letter topic; the metrics count them by code."""
         if not letters:
             return []
@@ -162,10 +162,6 @@ class StageRuntime:
                      extra={"event_id": letter.event_id, "code": letter.code})
         return [Outgoing(topic=topic, key=letter.key, value=letter.value, headers=letter.headers)
                 for letter in letters]
-
-    def unpack_batches(self, events: Sequence[Any]) -> tuple[list[Batch], list[DeadLetter]]:
-        """The batches of internal batch messages, one per message; BAD_BATCH for unreadable."""
-        return unpack_messages(self.codec, events, stage=self.stage)
 
     def run_batches(self, handler: Handler, *, name: str, source: faust.TopicT | None = None,
                     state: Sequence[Staged] = ()) -> None:
@@ -260,31 +256,37 @@ class StageRuntime:
                                        dead=self.metrics.totals["dead_lettered"] - dead)
 
     async def _handle(self, handler: Handler, events: Sequence[Any]) -> list[Outgoing]:
+        """The batch's messages: the handler's outputs, counted, with its dead letters."""
         try:
-            return await self._call(handler, events)
+            return self._settle(await self._call(handler, events))
         except Exception:
             self.metrics.record_error()
             log.exception("batch of %d failed; retrying message by message", len(events))
         outgoing: list[Outgoing] = []
         for event in events:
             try:
-                outgoing.extend(await self._call(handler, [event]))
+                outgoing.extend(self._settle(await self._call(handler, [event])))
             except Exception as exc:  # noqa: BLE001 -- isolate the poison message
                 self.metrics.record_error()
-                outgoing.extend(self.dead_letters(self._failure_letters(event, exc)))
+                outgoing.extend(self._dead_letters(self._failure_letters(event, exc)))
         return outgoing
 
-    async def _call(self, handler: Handler, events: Sequence[Any]) -> list[Outgoing]:
+    def _settle(self, outputs: Outputs) -> list[Outgoing]:
+        self.metrics.record_batch(records_in=outputs.records_in, records_out=outputs.records_out,
+                                  latencies_ms=outputs.latencies_ms)
+        return outputs.messages + self._dead_letters(outputs.dead)
+
+    async def _call(self, handler: Handler, events: Sequence[Any]) -> Outputs:
         """One handler call; what it staged is kept for the batch only if it returned."""
         try:
-            outgoing = await handler(events)
+            outputs = await handler(events)
         except BaseException:
             for staged in self._staged:
                 staged.drop()
             raise
         for staged in self._staged:
             staged.keep()
-        return outgoing
+        return outputs
 
     def _failure_letters(self, event: Any, exc: Exception) -> list[DeadLetter]:
         """INTERNAL_ERROR dead letters for a message that failed alone: one per original event."""
