@@ -25,7 +25,6 @@ __all__ = [
 
 Floats = npt.NDArray[np.float64]
 Ints = npt.NDArray[np.int64]
-Bools = npt.NDArray[np.bool_]
 
 # category: (share, drifted share, fraud share, log-mean USD, log-sigma, card-not-present share)
 _CAT_TABLE: dict[str, tuple[float, float, float, float, float, float]] = {

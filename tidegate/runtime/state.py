@@ -63,7 +63,6 @@ class ChangelogStore:
         self._values: OrderedDict[tuple[int, str], Any] = OrderedDict()
         self._pending: Pending[tuple[int, str], Any] = Pending()
         self.partitions: set[int] = set()
-        self.restored_records = 0
 
     def __len__(self) -> int:
         return len(self._values)
@@ -153,6 +152,5 @@ class ChangelogStore:
         finally:
             consumer.close()
         self.partitions.update(wanted)
-        self.restored_records += read
         log.info("restored %d state records of partitions %s in %.2f s", read, wanted,
                  time.monotonic() - began)
