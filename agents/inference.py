@@ -23,7 +23,7 @@ from tidegate.settings import Settings
 
 __all__ = ["SCORE_ROWS", "STAGE", "build"]
 
-log = logging.getLogger("tidegate.inference")
+log = logging.getLogger(__name__)
 
 STAGE = "inference"
 SCORE_ROWS = 512  # rows per model call; batch predict is 200-460x cheaper per row than one row

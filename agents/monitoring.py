@@ -2,7 +2,7 @@
 
 Prediction counts by path come from inference's health events; predictions are read (with a
 librdkafka batch reader) only to join them with labels for online accuracy. The analysis lives
-in tidegate.analyst, its inputs and outputs in tidegate.oversight.
+in tidegate.monitoring.analyst, its inputs and outputs in tidegate.monitoring.oversight.
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ __all__ = ["HISTORY_POINTS", "STAGE", "build"]
 STAGE = "monitoring"
 # 24 minutes of chart points at the default two-second health interval.
 HISTORY_POINTS = 720
-log = logging.getLogger("tidegate.monitoring")
+log = logging.getLogger(__name__)
 
 
 def build(settings: Settings) -> StageRuntime:

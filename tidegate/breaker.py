@@ -36,7 +36,7 @@ from tidegate.errors import ConfigError, TidegateError
 __all__ = ["BreakerConfig", "BreakerOpenError", "BreakerSnapshot", "CircuitBreaker", "Listener",
            "State", "WindowKind"]
 
-log = logging.getLogger("tidegate.breaker")
+log = logging.getLogger(__name__)
 
 P = ParamSpec("P")
 T = TypeVar("T")

@@ -52,7 +52,7 @@ __all__ = [
     "stop_before_delay", "wait_exponential", "wait_exponential_jitter", "wait_fixed",
 ]
 
-log = logging.getLogger("tidegate.retry")
+log = logging.getLogger(__name__)
 
 T = TypeVar("T")
 ErrorKind = Literal["poison", "transient", "fatal"]

@@ -9,9 +9,9 @@ backlog drains at full capacity. Why: at full capacity five times the input is m
 Python producer sends while sharing the CPUs with the pipeline, and the backlog (four minutes of
 capacity) would take over four minutes to drain. A quota keeps every per-event cost as it is, so
 the stages run at their own limit, with full queues and batches, only slower. A slow model
-(``tidegate.faults``) does not suit: it sleeps per call, and the stages put more events into each
-call as the backlog grows, so the capacity it leaves is no fixed number. The model's slow-call
-breaker is set out of reach: the quota stops a process in the middle of a model call, which then
+(``tidegate.models.faults``) does not suit: it sleeps per call, and the stages put more events
+into each call as the backlog grows, so the capacity it leaves is no fixed number. The model's
+slow-call breaker is set out of reach: the quota stops a process in the middle of a model call, which then
 takes four times its time or more; that is the quota, not a slow model, and if the breaker moved
 inference to the cheaper fallback model the capacity would change under the test.
 
@@ -23,8 +23,8 @@ bounded buffer may add (``tests.chaos.load.memory_bounds`` computes and prints i
   topic the queue holds at most ``queued.min.messages`` (10,000) records, each costing its key
   and value plus about 570 bytes of librdkafka bookkeeping.
 - batch: a reader batch takes at most ``TIDEGATE_BATCH_SIZE / 64`` internal messages of at most
-  512 KiB (``tidegate.reader.batch_messages``), and only what the queue holds; it lives as message
-  values, decoded envelopes and fields (the expansion is measured here with the stages' own
+  512 KiB (``tidegate.kafka.reader.batch_messages``), and only what the queue holds; it lives as
+  message values, decoded envelopes and fields (the expansion is measured here with the stages' own
   code), and outputs of up to 1.5 times its
   bytes (feature vectors), once in Python and once in the producer until the broker acks them
   (``Outbox.send_all`` awaits every batch, so the producer holds one batch at a time).

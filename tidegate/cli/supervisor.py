@@ -28,7 +28,7 @@ from tidegate.kafka.broker import death_signal_prefix
 
 __all__ = ["Child", "Supervisor"]
 
-log = logging.getLogger("tidegate.supervisor")
+log = logging.getLogger(__name__)
 
 
 @dataclass

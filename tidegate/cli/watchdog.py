@@ -28,7 +28,7 @@ from tidegate.settings import ClientConfig
 
 __all__ = ["HealthWatch", "StallDetector"]
 
-log = logging.getLogger("tidegate.watchdog")
+log = logging.getLogger(__name__)
 
 
 @dataclass

@@ -34,7 +34,7 @@ __all__ = [
     "read_linger",
 ]
 
-log = logging.getLogger("tidegate.reader")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, slots=True)

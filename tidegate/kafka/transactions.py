@@ -44,7 +44,7 @@ from tidegate.settings import ClientConfig
 
 __all__ = ["TransactionError", "TransactionalOutbox"]
 
-log = logging.getLogger("tidegate.transactions")
+log = logging.getLogger(__name__)
 
 _ATTEMPTS = 4
 

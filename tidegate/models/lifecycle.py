@@ -1,6 +1,6 @@
 """Model lifecycle: shadow-check a candidate beside production, promote it, roll back.
 
-:func:`~tidegate.shadow.shadow_check` compares a candidate with production first.
+:func:`~tidegate.models.shadow.shadow_check` compares a candidate with production first.
 :func:`promote` and :func:`rollback` change the registry, then issue the command that pins the
 version in running inference stages (a restarted stage recovers it from the compacted control
 topic). :func:`issue_command` is how the CLI and the monitoring stage send any command.

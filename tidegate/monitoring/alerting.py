@@ -37,7 +37,7 @@ LEVELS: tuple[Level, ...] = ("NORMAL", "WARNING", "CRITICAL", "EMERGENCY")
 _LEVEL_OF: dict[str, Level] = {"info": "NORMAL", "warning": "WARNING", "critical": "CRITICAL",
                                "emergency": "EMERGENCY"}  # fmt: skip
 SYSTEM = "system"
-log = logging.getLogger("tidegate.alerting")
+log = logging.getLogger(__name__)
 
 
 def level_of(severity: str) -> Level:

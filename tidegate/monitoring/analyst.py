@@ -50,7 +50,7 @@ INFERENCE = "inference"
 PRIMARY_BREAKER = "model:primary"
 _SKIPPED = {"fallback": ("model:primary",), "static": ("model:primary", "model:fallback")}
 _LOAD_KINDS = frozenset({"latency", "lag_trend"})  # alerts that say "busy", not "broken"
-log = logging.getLogger("tidegate.analyst")
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -2,7 +2,7 @@
 
 Every detector takes the time it is told (seconds, any clock) and never reads a clock, so the
 same code runs live and in tests. :class:`StageWatch` combines them for one stage and says what is
-wrong right now as :class:`~tidegate.alerting.Finding` values.
+wrong right now as :class:`~tidegate.monitoring.alerting.Finding` values.
 
 Example::
 

@@ -6,7 +6,7 @@ compares them with the reference shares (:class:`DriftMonitor`) by the populatio
 and the two-sample Kolmogorov-Smirnov statistic on the bins. Counts are small (a few hundred
 integers per health event) however many events were scored, so drift costs no extra topic.
 
-Bins follow :mod:`tidegate.registry`: ``x`` falls in bin ``searchsorted(cuts, x, "right")``.
+Bins follow :mod:`tidegate.models.registry`: ``x`` falls in bin ``searchsorted(cuts, x, "right")``.
 
 Example::
 

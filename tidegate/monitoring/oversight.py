@@ -4,10 +4,11 @@ Monitoring reads health events (its Faust agent), and with librdkafka batch read
 own the predictions and labels topics (for online accuracy, joined by event id: a prediction is
 decoded only when its label arrives) and the control
 topic (so an operator's command takes a condition out of monitoring's hands). Every health
-interval ``assess`` asks the :class:`~tidegate.analyst.Analyst` what changed, publishes alert
-transitions to the alerts topic and issues its control commands, each with the alert as its
-reason; a rollback goes through the model registry first (``tidegate.lifecycle.rollback``), and
-the recent actions show the command that step sent, with its id, not the analyst's draft.
+interval ``assess`` asks the :class:`~tidegate.monitoring.analyst.Analyst` what changed,
+publishes alert transitions to the alerts topic and issues its control commands, each with the
+alert as its reason; a rollback goes through the model registry first
+(``tidegate.models.lifecycle.rollback``), and the recent actions show the command that step
+sent, with its id, not the analyst's draft.
 
 Example::
 
@@ -40,7 +41,7 @@ from tidegate.topics import by_key
 
 __all__ = ["LazyJoin", "Oversight"]
 
-log = logging.getLogger("tidegate.monitoring")
+log = logging.getLogger(__name__)
 
 
 OnMessage = Callable[[bytes, bytes], None]

@@ -36,7 +36,7 @@ __all__ = [
     "shed_predictions",
 ]
 
-log = logging.getLogger("tidegate.inference")
+log = logging.getLogger(__name__)
 
 Path = Literal["primary", "fallback", "static", "shed"]
 

@@ -40,7 +40,7 @@ class IngestLimits:
 class Dedupe:
     """Event ids seen within a bounded window (count and age); the oldest are forgotten.
 
-    Staged (see ``tidegate.stage.Staged``): an id checked by ``seen`` counts for later calls only
+    Staged (see ``tidegate.outputs.Staged``): an id checked by ``seen`` counts for later calls only
     once the stage ``keep``s the handler call and ``commit``s the delivered batch, so a batch that
     fails and is retried message by message does not find its own ids already seen.
     """

@@ -47,7 +47,7 @@ from tidegate.topics import STAGES, TopicSpec, by_key, downstream_of
 
 __all__ = ["StageRuntime"]
 
-log = logging.getLogger("tidegate.stage")
+log = logging.getLogger(__name__)
 
 
 

@@ -36,7 +36,7 @@ from tidegate.settings import ClientConfig
 
 __all__ = ["ChangelogStore", "StateWrite"]
 
-log = logging.getLogger("tidegate.state")
+log = logging.getLogger(__name__)
 
 StateWrite = tuple[str, bytes, bytes, int]  # topic, key, value, partition
 
@@ -80,7 +80,7 @@ class ChangelogStore:
     def put(self, partition: int, key: str, value: Any) -> StateWrite:
         """Stage ``key``'s new value; returns the changelog write to produce with the outputs.
 
-        Staged (``tidegate.stage.Staged``): it counts once the batch is delivered (``commit``),
+        Staged (``tidegate.outputs.Staged``): it counts once the batch is delivered (``commit``),
         so a batch retried message by message does not apply its events twice.
         """
         self._pending.call[(partition, key)] = value
