@@ -11,9 +11,9 @@ capacity) would take over four minutes to drain. A quota keeps every per-event c
 the stages run at their own limit, with full queues and batches, only slower. A slow model
 (``tidegate.models.faults``) does not suit: it sleeps per call, and the stages put more events
 into each call as the backlog grows, so the capacity it leaves is no fixed number. The model's
-slow-call breaker is set out of reach: the quota stops a process in the middle of a model call, which then
-takes four times its time or more; that is the quota, not a slow model, and if the breaker moved
-inference to the cheaper fallback model the capacity would change under the test.
+slow-call breaker is set out of reach: the quota stops a process in the middle of a model call,
+which then takes four times its time or more; that is the quota, not a slow model, and if the
+breaker moved inference to the cheaper fallback model the capacity would change under the test.
 
 The bound on each stage's peak RSS (``VmHWM``) is its idle RSS after the warm-up plus what each
 bounded buffer may add (``tests.chaos.load.memory_bounds`` computes and prints it):
