@@ -26,20 +26,19 @@ from typing import Any
 import faust
 from threadpoolctl import threadpool_limits
 
-from tidegate.batches import event_letters
 from tidegate.codec import Codec
 from tidegate.control import StageMode
-from tidegate.deadletter import Code, DeadLetter, source_record
 from tidegate.errors import BrokerError, CodecError
 from tidegate.kafka.clients import client_config
 from tidegate.kafka.producer import Outbox
 from tidegate.kafka.reader import BatchReader, batch_messages, read_linger
 from tidegate.kafka.scan import read_topic
 from tidegate.kafka.transactions import TransactionalOutbox
-from tidegate.outputs import Handler, Outgoing, Outputs, Staged, messages
+from tidegate.outputs import Handler, Outgoing, Staged, messages
 from tidegate.runtime.app import create_app, input_group
 from tidegate.runtime.backpressure import LagProbe
 from tidegate.runtime.checkpoint import AtLeastOnce, Checkpoint, ExactlyOnce, deliver
+from tidegate.runtime.handling import Handling
 from tidegate.runtime.metrics import StageMetrics
 from tidegate.runtime.steering import Steering
 from tidegate.settings import Settings
@@ -48,7 +47,6 @@ from tidegate.topics import STAGES, TopicSpec, by_key, downstream_of
 __all__ = ["StageRuntime"]
 
 log = logging.getLogger(__name__)
-
 
 
 class StageRuntime:
@@ -75,7 +73,7 @@ class StageRuntime:
         self._positions: dict[tuple[str, int], int] = {}
         self._outbox: Outbox | None = None
         self._reader: BatchReader | None = None
-        self._staged: tuple[Staged, ...] = ()
+        self._handling: Handling | None = None
         self.app.timer(settings.health_interval)(self._emit_health)
         self.steering: Steering | None = None
 
@@ -147,21 +145,12 @@ class StageRuntime:
         return self.app.topic(self.name(spec), key_serializer="raw", value_serializer="raw",
                               partitions=spec.partitions, internal=False)
 
-    def _dead_letters(self, letters: Sequence[DeadLetter]) -> list[Outgoing]:
-        """Messages for this stage's dead-letter topic; the metrics count them by code."""
-        if not letters:
-            return []
-        self.metrics.record_dead_letters(letter.code for letter in letters)
-        if self.topics.dead_letter is None:  # monitoring reads only its own inputs
-            for letter in letters:
-                log.error("unprocessable %s record dropped: %s", self.stage, letter.code)
-            return []
-        topic = self.name(self.topics.dead_letter)
-        for letter in letters:
-            log.info("dead letter %s", letter.code,
-                     extra={"event_id": letter.event_id, "code": letter.code})
-        return [Outgoing(topic=topic, key=letter.key, value=letter.value, headers=letter.headers)
-                for letter in letters]
+    def _handle_with(self, state: Sequence[Staged]) -> None:
+        dead_letter = self.topics.dead_letter
+        self._handling = Handling(
+            stage=self.stage, dead_letter_topic=self.name(dead_letter) if dead_letter else None,
+            codec=self.codec, metrics=self.metrics, internal=self.topics.source.internal,
+            staged=state)
 
     def run_batches(self, handler: Handler, *, name: str, source: faust.TopicT | None = None,
                     state: Sequence[Staged] = ()) -> None:
@@ -170,7 +159,7 @@ class StageRuntime:
         Faust acks a batch only when the loop asks for the next one, i.e. after its outputs
         were delivered and acknowledged.
         """
-        self._staged = tuple(state)
+        self._handle_with(state)
         checkpoint = AtLeastOnce(self._send, None, deadline=self.settings.delivery_deadline)
 
         async def agent(stream: Any) -> None:
@@ -209,7 +198,7 @@ class StageRuntime:
         checkpoint ends each batch: at least once, offsets are committed after delivery; exactly
         once, outputs and offsets commit in one transaction (``tidegate.runtime.checkpoint``).
         """
-        self._staged = tuple(state)
+        self._handle_with(state)
         group = input_group(self.stage, self.settings)
         reader = BatchReader(client_config(self.settings), topic=self.source.get_topic_name(),
                              group=group, on_assign=on_assign, on_revoke=on_revoke)
@@ -248,7 +237,8 @@ class StageRuntime:
         outgoing = await self._handle(handler, events)
         handled = time.perf_counter()
         await checkpoint.commit(outgoing, events)
-        for staged in self._staged:
+        assert self._handling is not None
+        for staged in self._handling.staged:
             staged.commit()
         self.metrics.record_timing(len(events), handled - began, time.perf_counter() - handled)
         if self.steering is not None:
@@ -256,46 +246,8 @@ class StageRuntime:
                                        dead=self.metrics.totals["dead_lettered"] - dead)
 
     async def _handle(self, handler: Handler, events: Sequence[Any]) -> list[Outgoing]:
-        """The batch's messages: the handler's outputs, counted, with its dead letters."""
-        try:
-            return self._settle(await self._call(handler, events))
-        except Exception:
-            self.metrics.record_error()
-            log.exception("batch of %d failed; retrying message by message", len(events))
-        outgoing: list[Outgoing] = []
-        for event in events:
-            try:
-                outgoing.extend(self._settle(await self._call(handler, [event])))
-            except Exception as exc:  # noqa: BLE001 -- isolate the poison message
-                self.metrics.record_error()
-                outgoing.extend(self._dead_letters(self._failure_letters(event, exc)))
-        return outgoing
-
-    def _settle(self, outputs: Outputs) -> list[Outgoing]:
-        self.metrics.record_batch(records_in=outputs.records_in, records_out=outputs.records_out,
-                                  latencies_ms=outputs.latencies_ms)
-        return outputs.messages + self._dead_letters(outputs.dead)
-
-    async def _call(self, handler: Handler, events: Sequence[Any]) -> Outputs:
-        """One handler call; what it staged is kept for the batch only if it returned."""
-        try:
-            outputs = await handler(events)
-        except BaseException:
-            for staged in self._staged:
-                staged.drop()
-            raise
-        for staged in self._staged:
-            staged.keep()
-        return outputs
-
-    def _failure_letters(self, event: Any, exc: Exception) -> list[DeadLetter]:
-        """INTERNAL_ERROR dead letters for a message that failed alone: one per original event."""
-        message, error_class = str(exc) or type(exc).__name__, type(exc).__name__
-        if not self.topics.source.internal:
-            return [DeadLetter.of(source_record(event), stage=self.stage, code=Code.INTERNAL_ERROR,
-                                  error_class=error_class, message=message)]
-        return event_letters(self.codec, event, stage=self.stage, error_class=error_class,
-                             message=message)
+        assert self._handling is not None, "consume() or run_batches() sets up the handling"
+        return await self._handling.run(handler, events)
 
     async def deliver(self, outgoing: Sequence[Outgoing]) -> None:
         """Produce every message and wait for the broker's acks; retry, or exit for a restart."""
