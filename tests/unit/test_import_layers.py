@@ -83,7 +83,8 @@ def test_no_module_imports_a_higher_layer() -> None:
     upward = sorted(
         f"{name} -> {target} ({room(name)} -> {room(target)})"
         for name, targets in graph().items() for target in targets
-        if LAYERS[room(target)] > LAYERS[room(name)]
+        # a module outside the known rooms is the previous test's failure, not a KeyError here
+        if LAYERS.get(room(target), -1) > LAYERS.get(room(name), len(LAYERS))
     )
     assert upward == []
 
