@@ -12,6 +12,7 @@ import numpy as np
 from tidegate.batches import Batch, unpack_messages
 from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.deadletter import Code, DeadLetter
+from tidegate.errors import FeatureShapeError
 from tidegate.models.registry import ModelRegistry
 from tidegate.models.scoring import ModelScorer, Scorer
 from tidegate.monitoring.drift import DriftSketch
@@ -72,7 +73,7 @@ def build(settings: Settings) -> StageRuntime:
                 continue
             got = part.features.shape[1]
             dead += [DeadLetter.of(part.source(i), stage=STAGE, code=Code.FEATURE_SHAPE,
-                                   error_class="FeatureShapeError",
+                                   error_class=FeatureShapeError.__name__,
                                    message=f"{got} features, the model needs {width}",
                                    event_id=part.event_ids[i], trace_id=part.trace_ids[i])
                      for i in range(len(part))]

@@ -9,6 +9,7 @@ from typing import Any
 
 from tidegate.batches import Batch, unpack_messages
 from tidegate.deadletter import DeadLetter
+from tidegate.errors import ValidationError
 from tidegate.outputs import Outputs, forward
 from tidegate.pipeline.validation import RuleSet, load_rules
 from tidegate.runtime.stage import StageRuntime
@@ -40,7 +41,7 @@ def build(settings: Settings) -> StageRuntime:
             violations = result.for_record(index)
             dead.append(DeadLetter.of(
                 batch.source(index), stage=STAGE, code=violations[0].code,
-                error_class="ValidationError",
+                error_class=ValidationError.__name__,
                 message="; ".join(f"{v.field}: {v.message}" for v in violations),
                 event_id=batch.event_ids[index], trace_id=batch.trace_ids[index],
                 details=[asdict(v) for v in violations],
