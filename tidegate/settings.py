@@ -14,6 +14,7 @@ Example::
 from __future__ import annotations
 
 import os
+import shlex
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
@@ -69,6 +70,7 @@ class Settings(BaseSettings):
     broker_port: int = Field(default=0, ge=0, le=65535)
     controller_port: int = Field(default=0, ge=0, le=65535)
     broker_heap: str = Field(default="512m", pattern=r"^[0-9]+[kmgKMG]$")
+    broker_jvm_options: str = ""  # more JVM flags for the embedded broker, shell-quoted
     broker_start_timeout: float = Field(default=90.0, gt=0)
     broker_stop_timeout: float = Field(default=20.0, gt=0)
     schema_registry_url: str | None = None
@@ -109,6 +111,17 @@ class Settings(BaseSettings):
         allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
         if not set(value) <= allowed:
             raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("broker_jvm_options")
+    @classmethod
+    def _check_jvm_options(cls, value: str) -> str:
+        try:
+            flags = shlex.split(value)
+        except ValueError as exc:
+            raise ValueError(f"cannot split it into flags: {exc}") from exc
+        if any(not flag.startswith("-") for flag in flags):
+            raise ValueError("JVM options must each start with '-'")
         return value
 
     @model_validator(mode="after")

@@ -21,10 +21,15 @@ __all__ = ["bench"]
               help="Processes per data stage (the topics have 6 partitions).")
 @click.option("--latency-rate", type=click.FloatRange(min=10), default=None,
               help="Events/s of the latency run (default: half the measured maximum).")
+@click.option("--low-rate", type=click.FloatRange(min=10), default=2000.0, show_default=True,
+              help="Events/s of the second, lightly loaded latency run.")
+@click.option("--jmx", metavar="HOST:PORT", default=None,
+              help="JMX address of the configured cluster's broker, for its request counts "
+              "(the embedded broker opens its own).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the full report as JSON here.")
 def bench(events: int, half_rate_seconds: float, workers: int, latency_rate: float | None,
-          json_path: Path | None) -> None:
+          low_rate: float, jmx: str | None, json_path: Path | None) -> None:
     """Measure events/s, latency percentiles, CPU and memory per stage.
 
     Uses KAFKA_BOOTSTRAP_SERVERS if set, else a fresh embedded broker for the run.
@@ -32,7 +37,7 @@ def bench(events: int, half_rate_seconds: float, workers: int, latency_rate: flo
     from tidegate.cli.benchmark import render, run_bench
 
     report = run_bench(load_settings(), events=events, half_rate_seconds=half_rate_seconds,
-                       workers=workers, latency_rate=latency_rate)
+                       workers=workers, latency_rate=latency_rate, low_rate=low_rate, jmx=jmx)
     click.echo(render(report))
     if json_path is not None:
         json_path.write_text(json.dumps(report, indent=2))

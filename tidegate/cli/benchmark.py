@@ -20,6 +20,7 @@ import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from tidegate.example.stream import example_messages
 from tidegate.kafka.admin import ensure_topics
 from tidegate.kafka.broker import start_broker, stop_broker
 from tidegate.kafka.jars import classpath, require_tool
+from tidegate.kafka.jmx import BrokerMeters, read_meters
 from tidegate.settings import Settings
 from tidegate.topics import CATALOG, STAGE_ORDER
 
@@ -40,22 +42,32 @@ __all__ = ["render", "run_bench"]
 
 STAGES = STAGE_ORDER
 SETTLE_SECONDS = 15.0
+# Warm-up events: the stages join their groups and load their models, and the broker's JIT
+# compiles the paths the pipeline takes (the ceiling's produce and fetch paths are not all of
+# them: compressed and idempotent batches, read-committed fetches, a compacted topic).
+WARM_EVENTS = 2000
+LOW_RATE = 2000.0  # events/s of the second latency run
+LOAD = "load"  # the bench process itself: the load generator and the predictions reader
+# The issue's targets at the maximum rate (CPU per event) and in the latency runs.
+TARGETS = {"broker_us": 25.0, "stages_us": 60.0, "half_p99_ms": 250.0, "low_p99_ms": 100.0,
+           "events_per_s": 20_000.0, "busy_share": 0.6, "rss_mb": 300.0}
 
 
 @contextmanager
-def _cluster(settings: Settings) -> Iterator[tuple[str, int | None]]:
+def _cluster(settings: Settings, jmx: str | None) -> Iterator[tuple[str, int | None, str | None]]:
     """The configured cluster, or a fresh embedded broker that lives as long as the bench.
 
-    Yields the bootstrap servers and the embedded broker's pid (None for a configured cluster).
+    Yields the bootstrap servers, the embedded broker's pid (None for a configured cluster) and
+    the broker's JMX address (``jmx`` for a configured cluster, None when not given).
     """
     if settings.kafka_bootstrap_servers:
-        yield settings.kafka_bootstrap_servers, None
+        yield settings.kafka_bootstrap_servers, None, jmx
         return
     with tempfile.TemporaryDirectory(prefix="tidegate-bench-") as tmp:
         scratch = settings.model_copy(update={"data_dir": Path(tmp)})
-        state = start_broker(scratch, die_with_parent=True)
+        state = start_broker(scratch, die_with_parent=True, jmx=True)
         try:
-            yield state.bootstrap, state.pid
+            yield state.bootstrap, state.pid, f"127.0.0.1:{state.jmx_port}"
         finally:
             stop_broker(scratch)
 
@@ -202,6 +214,22 @@ def _usage(pids: dict[str, int | None]) -> dict[str, dict[str, float]]:
     return usage
 
 
+def _threads(pid: int) -> dict[str, float]:
+    """CPU seconds of a process by thread name, numbered threads folded into one name (the
+    broker's ``data-plane-kafka-request-handler-3`` counts as ``...-request-handler-#``)."""
+    ticks = 100.0
+    threads: dict[str, float] = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            name = (task / "comm").read_text().strip()
+            stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:  # the thread ended meanwhile
+            continue
+        name = re.sub(r"\d+", "#", name)
+        threads[name] = threads.get(name, 0.0) + (int(stat[11]) + int(stat[12])) / ticks
+    return threads
+
+
 def _stage_commands(workers: int) -> dict[str, list[str]]:
     """One process per stage, or ``workers`` per data stage (monitoring serves HTTP: one)."""
     commands = {}
@@ -216,7 +244,8 @@ def _stage_commands(workers: int) -> dict[str, list[str]]:
 
 def _pipeline(settings: Settings, bootstrap: str, *, events: int, half_rate_seconds: float,
               workers: int = 1, broker_pid: int | None = None,
-              latency_rate: float | None = None) -> dict[str, Any]:
+              latency_rate: float | None = None, low_rate: float = LOW_RATE,
+              jmx: str | None = None) -> dict[str, Any]:
     prefix = f"bench{int(time.time())}."
     env_settings = settings.model_copy(update={"kafka_bootstrap_servers": bootstrap,
                                                "topic_prefix": prefix})
@@ -235,65 +264,113 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int, half_rate_seco
     supervisor.start()
 
     def pids() -> dict[str, int | None]:
-        return {**supervisor.pids(), **({"broker": broker_pid} if broker_pid else {})}
+        return {**supervisor.pids(), **({"broker": broker_pid} if broker_pid else {}),
+                LOAD: os.getpid()}
 
-    try:
-        # Warm-up: the stages join their groups and load the models.
-        warm = list(example_messages(2000, seed=1, events_per_second=1e6))
-        _fill(bootstrap, prefix + "events", [m.value for m in warm], [m.key for m in warm])
-        if not watcher.wait_for(len(warm), timeout=120):
-            raise RuntimeError(f"pipeline did not start: {len(watcher.seen)} of {len(warm)}")
-        before = _usage(pids())
-        load = list(example_messages(events, seed=2, events_per_second=1e6))
-        watcher.seen.clear()
-        began = time.time()
-        _fill(bootstrap, prefix + "events", [m.value for m in load], [m.key for m in load])
-        complete = watcher.wait_for(len(load), timeout=600)
-        finished = max(t for t, _ in watcher.seen) if watcher.seen else time.time()
-        max_rate = len(watcher.seen) / (finished - began)
-        after = _usage(pids())
-        # The burst leaves work behind (monitoring's backlog of predictions, the broker's log
-        # cleaner on the compacted state topic): let it finish, so the half-rate run measures
-        # a steady state rather than the burst's tail.
-        time.sleep(SETTLE_SECONDS)
-        half = latency_rate or max(100.0, max_rate / 2)
-        count = int(half * half_rate_seconds)
-        steady = list(example_messages(count, seed=3, events_per_second=half))
-        # Event times start now and advance at the send rate: latency is event time to prediction.
+    def reading() -> _Reading:
+        return _Reading(usage=_usage(pids()),
+                        threads=_threads(broker_pid) if broker_pid else {},
+                        meters=read_meters(settings, jmx) if jmx else None)
+
+    def latency_run(rate: float, seconds: float, seed: int) -> dict[str, Any]:
+        count = int(rate * seconds)
+        steady = list(example_messages(count, seed=seed, events_per_second=rate))
+        # Event times start now and advance at the send rate: latency is event time to
+        # prediction.
+        before = reading()  # first: reading the broker's meters takes a moment
         watcher.seen.clear()
         watcher.written.clear()
         start_ms = int(time.time() * 1000) + 1000  # restamping takes a moment; start after it
-        shifted = _restamp(steady, start_ms, half)
+        shifted = _restamp(steady, start_ms, rate)
         time.sleep(max(0.0, start_ms / 1000 - time.time()))
-        steady_before = _usage(pids())
         lags: list[float] = []
-        _fill(bootstrap, prefix + "events", shifted, [m.key for m in steady], rate=half,
+        began = time.monotonic()
+        _fill(bootstrap, prefix + "events", shifted, [m.key for m in steady], rate=rate,
               lags=lags)
         watcher.wait_for(count, timeout=120)
+        took = time.monotonic() - began
         latencies = np.array([arrival * 1000 - event_ms for arrival, event_ms in watcher.seen])
         written = np.array(watcher.written[:len(watcher.seen)]) - [ms for _, ms in watcher.seen]
+        spent = reading().since(before, prefix)
+        return {"events_per_s": rate, "events": count, "seen": len(latencies), "seconds": took,
+                "p50_ms": float(np.percentile(latencies, 50)),
+                "p95_ms": float(np.percentile(latencies, 95)),
+                "p99_ms": float(np.percentile(latencies, 99)),
+                "written_p50_ms": float(np.percentile(written, 50)),
+                "written_p99_ms": float(np.percentile(written, 99)),
+                "send_lag_p50_ms": float(np.percentile(lags, 50)),
+                "send_lag_p99_ms": float(np.percentile(lags, 99)),
+                "busy_share": sum(spent["cpu_s"].values()) / took / _cpus(), **spent}
+
+    try:
+        # Warm-up: the stages join their groups and load the models.
+        warm = list(example_messages(WARM_EVENTS, seed=1, events_per_second=1e6))
+        _fill(bootstrap, prefix + "events", [m.value for m in warm], [m.key for m in warm])
+        if not watcher.wait_for(len(warm), timeout=120):
+            raise RuntimeError(f"pipeline did not start: {len(watcher.seen)} of {len(warm)}")
+        load = list(example_messages(events, seed=2, events_per_second=1e6))
+        values, keys = [m.value for m in load], [m.key for m in load]
+        time.sleep(SETTLE_SECONDS / 3)  # the warm-up's tail: health, commits, cleaning
+        before = reading()
+        watcher.seen.clear()
+        began = time.time()
+        _fill(bootstrap, prefix + "events", values, keys)
+        complete = watcher.wait_for(len(load), timeout=600)
+        finished = max(t for t, _ in watcher.seen) if watcher.seen else time.time()
+        max_rate = len(watcher.seen) / (finished - began)
+        top = {"events": len(load), "complete": complete, "events_per_s": max_rate,
+               "seconds": finished - began, **reading().since(before, prefix)}
+        # The burst leaves work behind (monitoring's backlog of predictions, the broker's log
+        # cleaner on the compacted state topic): let it finish, so the latency runs measure
+        # a steady state rather than the burst's tail.
+        time.sleep(SETTLE_SECONDS)
+        half = latency_run(latency_rate or max(100.0, max_rate / 2), half_rate_seconds, seed=3)
+        half["given"] = latency_rate is not None
+        time.sleep(SETTLE_SECONDS / 3)
+        low = latency_run(low_rate, half_rate_seconds, seed=4)
         usage = _usage(pids())
     finally:
         watcher.stopping.set()
         supervisor.stop()
     return {
         "workers_per_stage": workers,
-        "max_rate": {"events": len(load), "complete": complete, "events_per_s": max_rate,
-                     "cpu_s": _per_stage({s: after[s]["cpu_s"] - before[s]["cpu_s"]
-                                          for s in after}, sum)},
-        "half_rate": {"events_per_s": half, "events": count, "given": latency_rate is not None,
-                      "p50_ms": float(np.percentile(latencies, 50)),
-                      "p95_ms": float(np.percentile(latencies, 95)),
-                      "p99_ms": float(np.percentile(latencies, 99)),
-                      "written_p50_ms": float(np.percentile(written, 50)),
-                      "written_p99_ms": float(np.percentile(written, 99)),
-                      "send_lag_p50_ms": float(np.percentile(lags, 50)),
-                      "send_lag_p99_ms": float(np.percentile(lags, 99)),
-                      "cpu_s": _per_stage({s: usage[s]["cpu_s"] - steady_before[s]["cpu_s"]
-                                           for s in usage}, sum)},
+        "max_rate": top,
+        "half_rate": half,
+        "low_rate": low,
         "peak_rss_mb": _per_stage({s: usage[s]["peak_rss_mb"] for s in usage
-                                   if s != "broker"}, max),
+                                   if s not in ("broker", LOAD)}, max),
     }
+
+
+@dataclass(frozen=True)
+class _Reading:
+    """What every process had spent at one moment, and the broker's meters then."""
+
+    usage: dict[str, dict[str, float]]
+    threads: dict[str, float]
+    meters: BrokerMeters | None
+
+    def since(self, before: _Reading, prefix: str) -> dict[str, Any]:
+        """CPU per process, broker CPU per thread, broker requests and topic traffic between
+        ``before`` and this reading (topic names without the bench's prefix)."""
+        threads = {name: cpu - before.threads.get(name, 0.0)
+                   for name, cpu in self.threads.items()}
+        figures: dict[str, Any] = {
+            "cpu_s": _per_stage({s: self.usage[s]["cpu_s"] - before.usage[s]["cpu_s"]
+                                 for s in self.usage if s in before.usage}, sum),
+            "broker_threads": {name: cpu for name, cpu in threads.items() if cpu >= 0.01},
+            "broker": None,
+        }
+        if self.meters is not None and before.meters is not None:
+            spent = self.meters - before.meters
+
+            def short(by_topic: dict[str, float]) -> dict[str, float]:
+                return {topic.removeprefix(prefix): value for topic, value in by_topic.items()}
+
+            figures["broker"] = {"requests": spent.requests, "bytes_in": short(spent.bytes_in),
+                                 "bytes_out": short(spent.bytes_out),
+                                 "messages_in": short(spent.messages_in)}
+        return figures
 
 
 def _per_stage(values: dict[str, float], combine: Any) -> dict[str, float]:
@@ -315,17 +392,22 @@ def _restamp(messages: list[Any], start_ms: int, rate: float) -> list[bytes]:
 
 
 def run_bench(settings: Settings, *, events: int = 100_000, half_rate_seconds: float = 20.0,
-              workers: int = 1, latency_rate: float | None = None) -> dict[str, Any]:
-    """Every measurement, as plain data (see ``render``)."""
+              workers: int = 1, latency_rate: float | None = None, low_rate: float = LOW_RATE,
+              jmx: str | None = None) -> dict[str, Any]:
+    """Every measurement, as plain data (see ``render``).
+
+    ``jmx``: the JMX address (host:port) of a configured cluster's broker, for its request
+    counts; the embedded broker opens one of its own.
+    """
     sample = [m.value for m in example_messages(events, seed=2, events_per_second=1e6)]
     size = int(np.mean([len(v) for v in sample]))
-    with _cluster(settings) as (bootstrap, broker_pid):
+    with _cluster(settings, jmx) as (bootstrap, broker_pid, jmx_address):
         ceiling = broker_ceiling(settings, bootstrap, records=events, size=size)
         raw = raw_passthrough(bootstrap, sample)
         pipeline = _pipeline(settings, bootstrap, events=events,
                              half_rate_seconds=half_rate_seconds, workers=workers,
-                             latency_rate=latency_rate,
-                             broker_pid=broker_pid)
+                             latency_rate=latency_rate, low_rate=low_rate,
+                             broker_pid=broker_pid, jmx=jmx_address)
     rate = pipeline["max_rate"]["events_per_s"]
     return {
         "machine": {"cpus": _cpus(), "python": sys.version.split()[0]},
@@ -346,29 +428,117 @@ def _cpus() -> int:
     return len(os.sched_getaffinity(0))
 
 
+def _latency_line(name: str, run: dict[str, Any]) -> list[str]:
+    return [
+        f"pipeline at {name}: {run['events_per_s']:>10,.0f} events/s: latency p50 "
+        f"{run['p50_ms']:.0f} ms, p95 {run['p95_ms']:.0f} ms, "
+        f"p99 {run['p99_ms']:.0f} ms (event time to prediction read); written: p50 "
+        f"{run['written_p50_ms']:.0f} ms, p99 {run['written_p99_ms']:.0f} "
+        f"ms; the generator's sends were late by p50 {run['send_lag_p50_ms']:.0f} ms, "
+        f"p99 {run['send_lag_p99_ms']:.0f} ms"
+        + (f"; cores {run['busy_share']:.0%} busy" if "busy_share" in run else ""),
+        f"  cpu per event: {_per_event(run)}",
+        *(_broker_lines(run) if "broker" in run else []),
+    ]
+
+
+def _broker_lines(run: dict[str, Any]) -> list[str]:
+    """Broker CPU by thread, requests per event by API and bytes per event by topic, largest
+    first."""
+    events, seconds = run["events"], run.get("seconds") or 1.0
+    threads = sorted((run.get("broker_threads") or {}).items(), key=lambda item: -item[1])
+    lines = ["  broker cpu per event by thread: " + ", ".join(
+        f"{name} {cpu / events * 1e6:.1f} µs" for name, cpu in threads[:8])] if threads else []
+    broker = run.get("broker")
+    if not broker:
+        return [*lines,
+                "  broker requests: not measured (give the broker's JMX address with --jmx)"]
+    requests = sorted(broker["requests"].items(), key=lambda item: -item[1])
+    topics = sorted(broker["bytes_in"], key=lambda t: -broker["bytes_in"][t])
+    return [
+        *lines,
+        "  broker requests per event (per second): " + ", ".join(
+            f"{api} {count / events:.3f} ({count / seconds:,.0f}/s)"
+            for api, count in requests if count / events >= 0.0005),
+        "  bytes per event in/out, records in per event, by topic: " + ", ".join(
+            f"{topic} {broker['bytes_in'][topic] / events:.0f}/"
+            f"{broker['bytes_out'].get(topic, 0.0) / events:.0f} B "
+            f"{broker['messages_in'].get(topic, 0.0) / events:.2f}"
+            for topic in topics if broker["bytes_in"][topic] / events >= 1),
+    ]
+
+
+def _stage_us(run: dict[str, Any]) -> dict[str, float]:
+    return {stage: cpu / run["events"] * 1e6 for stage, cpu in run["cpu_s"].items()
+            if stage not in ("broker", LOAD)}
+
+
+def verdicts(report: dict[str, Any]) -> list[str]:
+    """Each target against its figure; a figure short of its target names what holds it."""
+    p = report["pipeline"]
+    top, half, low = p["max_rate"], p["half_rate"], p.get("low_rate")
+    stages = _stage_us(top)
+    lines = []
+
+    def judge(label: str, value: float, target: float, unit: str, *, at_least: bool = False,
+              holder: str = "") -> None:
+        met = value >= target if at_least else value <= target
+        sign = ">=" if at_least else "<="
+        verdict = "met" if met else f"short; {holder}" if holder else "short"
+        lines.append(f"  {label}: {value:,.0f}{unit} (target {sign} {target:,.0f}{unit}): "
+                     f"{verdict}")
+
+    largest = max(stages, key=lambda s: stages[s]) if stages else "-"
+    judge("maximum", top["events_per_s"], TARGETS["events_per_s"], " events/s", at_least=True,
+          holder=f"the largest CPU share: {largest}")
+    if "broker" in top["cpu_s"]:
+        broker = top.get("broker") or {}
+        requests = broker.get("requests") or {}
+        busiest = max(requests, key=lambda api: requests[api]) if requests else "unmeasured"
+        records = broker.get("messages_in") or {}
+        densest = max(records, key=lambda t: records[t]) if records else "unmeasured"
+        judge("broker cpu per event", top["cpu_s"]["broker"] / top["events"] * 1e6,
+              TARGETS["broker_us"], " µs",
+              holder=f"most requests: {busiest}; most records in: {densest}")
+    judge("stages' cpu per event", sum(stages.values()), TARGETS["stages_us"], " µs",
+          holder=f"the largest: {largest} {stages.get(largest, 0):.0f} µs")
+    judge("p99 at half the maximum", half["p99_ms"], TARGETS["half_p99_ms"], " ms",
+          holder="see its written p99 (the pipeline) against its read p99 (the reader)")
+    if low:
+        judge(f"p99 at {low['events_per_s']:,.0f}/s", low["p99_ms"], TARGETS["low_p99_ms"],
+              " ms", holder="see its written p99 against its read p99")
+    if "busy_share" in half:
+        judge("cores busy at half the maximum", half["busy_share"] * 100,
+              TARGETS["busy_share"] * 100, "%")
+    rss = p["peak_rss_mb"]
+    fattest = max(rss, key=lambda s: rss[s]) if rss else "-"
+    judge("peak RSS of a stage", rss.get(fattest, 0.0), TARGETS["rss_mb"], " MB",
+          holder=fattest)
+    return lines
+
+
 def render(report: dict[str, Any]) -> str:
     """A human-readable summary of ``run_bench``'s report."""
     p = report["pipeline"]
+    top = p["max_rate"]
     lines = [
         f"machine: {report['machine']['cpus']} cpus, Python {report['machine']['python']}; "
         f"record size {report['record_bytes']} bytes",
         f"broker ceiling:   produce {report['ceiling']['produce_per_s']:>10,.0f} events/s, "
         f"consume {report['ceiling']['consume_per_s']:>10,.0f} events/s",
         f"raw passthrough:  {report['raw']['events_per_s']:>10,.0f} events/s (one Python hop)",
-        f"pipeline maximum: {p['max_rate']['events_per_s']:>10,.0f} events/s "
-        f"({p['max_rate']['events']} events, five stages, "
+        f"pipeline maximum: {top['events_per_s']:>10,.0f} events/s "
+        f"({top['events']} events, five stages, "
         f"{p['workers_per_stage']} process(es) per data stage)",
-        f"pipeline at {'set' if p['half_rate'].get('given') else 'half'}: "
-        f"{p['half_rate']['events_per_s']:>10,.0f} events/s: latency p50 "
-        f"{p['half_rate']['p50_ms']:.0f} ms, p95 {p['half_rate']['p95_ms']:.0f} ms, "
-        f"p99 {p['half_rate']['p99_ms']:.0f} ms (event time to prediction read); written: p50 "
-        f"{p['half_rate']['written_p50_ms']:.0f} ms, p99 {p['half_rate']['written_p99_ms']:.0f} "
-        f"ms; the generator's sends were late by p50 {p['half_rate']['send_lag_p50_ms']:.0f} ms, "
-        f"p99 {p['half_rate']['send_lag_p99_ms']:.0f} ms",
+        f"  cpu per event: {_per_event(top)}; the stages together "
+        f"{sum(_stage_us(top).values()):.0f} µs",
+        *(_broker_lines(top) if "broker" in top else []),
+        *_latency_line("set" if p["half_rate"].get("given") else "half", p["half_rate"]),
+        *(_latency_line("low", p["low_rate"]) if p.get("low_rate") else []),
+        "peak RSS: " + ", ".join(f"{s} {m:.0f} MB" for s, m in p["peak_rss_mb"].items()),
         f"ratios: pipeline/raw {report['ratios']['pipeline_over_raw']:.2f}, "
         f"pipeline/ceiling {report['ratios']['pipeline_over_ceiling']:.3f}",
-        "cpu per event, max rate: " + _per_event(p["max_rate"]),
-        "cpu per event, latency run: " + _per_event(p["half_rate"]),
-        "peak RSS: " + ", ".join(f"{s} {m:.0f} MB" for s, m in p["peak_rss_mb"].items()),
+        "targets:",
+        *verdicts(report),
     ]
     return "\n".join(lines)

@@ -17,13 +17,14 @@ import base64
 import contextlib
 import json
 import os
+import shlex
 import shutil
 import signal
 import socket
 import subprocess
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
 from confluent_kafka import KafkaException
@@ -60,6 +61,7 @@ class BrokerState:
     version: str
     started_at: float
     start_seconds: float
+    jmx_port: int | None = None
     already_running: bool = False
 
 
@@ -68,17 +70,22 @@ def read_state(directory: Path) -> BrokerState | None:
     path = directory / _STATE
     try:
         data = json.loads(path.read_text())
-        state = BrokerState(**data)
-    except (OSError, ValueError, TypeError):
+        # fields a newer or older tidegate wrote are ignored, not fatal
+        known = {f.name for f in fields(BrokerState)}
+        state = BrokerState(**{k: v for k, v in data.items() if k in known})
+    except (OSError, ValueError, TypeError, AttributeError):
         return None
     return state if _is_our_broker(state.pid, directory) else None
 
 
-def start_broker(settings: Settings, *, die_with_parent: bool = False) -> BrokerState:
+def start_broker(settings: Settings, *, die_with_parent: bool = False,
+                 jmx: bool = False) -> BrokerState:
     """Start the broker unless one already runs in the data dir; return once it answers.
 
     ``die_with_parent`` ties the broker's life to the calling process (test sessions, ``up``),
-    so a killed parent leaves no java process behind.
+    so a killed parent leaves no java process behind. ``jmx`` opens the broker's JMX metrics on
+    a free loopback port (``BrokerState.jmx_port``), without authentication: for the benchmark's
+    request counts, not for a broker other users share.
     """
     directory = settings.broker_dir.resolve()
     running = read_state(directory)
@@ -93,16 +100,27 @@ def start_broker(settings: Settings, *, die_with_parent: bool = False) -> Broker
     properties.write_text(server_properties(broker_port, controller_port, storage))
     (directory / "log4j2.properties").write_text(log4j_config(directory / "logs"))
     cp = classpath(settings.cache_dir, settings.kafka_version)
+    # C1 only: with C2, the JIT's compiler threads spent about 60 µs of CPU per event in the
+    # benchmark's first minutes, more than the broker's request handling; C1 code is within a
+    # few per cent of it for this broker's load (see the README's benchmark).
     jvm = [java, f"-Xmx{settings.broker_heap}", "-Xms128m", "-XX:+UseG1GC",
-           "-Xshare:auto",
+           "-XX:TieredStopAtLevel=1", "-Xshare:auto", *shlex.split(settings.broker_jvm_options),
            f"-Dlog4j2.configurationFile={directory / 'log4j2.properties'}",
            f"-Dkafka.logs.dir={directory / 'logs'}", "-cp", cp]
+    jmx_port = _free_port(exclude=[broker_port, controller_port]) if jmx else None
+    jmx_flags = [] if jmx_port is None else [
+        f"-Dcom.sun.management.jmxremote.port={jmx_port}",
+        f"-Dcom.sun.management.jmxremote.rmi.port={jmx_port}",
+        "-Dcom.sun.management.jmxremote.host=127.0.0.1", "-Djava.rmi.server.hostname=127.0.0.1",
+        "-Dcom.sun.management.jmxremote.authenticate=false",
+        "-Dcom.sun.management.jmxremote.ssl=false"]
     began = time.monotonic()
     if not (storage / "meta.properties").exists():
         _format_storage(jvm, properties)
     out = (directory / "kafka.out").open("ab")
     process = subprocess.Popen(
-        [*death_signal_prefix(die_with_parent), *jvm, _MAIN_CLASS, str(properties)],
+        [*death_signal_prefix(die_with_parent), jvm[0], *jmx_flags, *jvm[1:], _MAIN_CLASS,
+         str(properties)],
         stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
     )
@@ -117,6 +135,7 @@ def start_broker(settings: Settings, *, die_with_parent: bool = False) -> Broker
         pid=process.pid, bootstrap=bootstrap, broker_port=broker_port,
         controller_port=controller_port, directory=str(directory), version=libs.parent.name,
         started_at=time.time(), start_seconds=round(time.monotonic() - began, 2),
+        jmx_port=jmx_port,
     )
     (directory / _STATE).write_text(json.dumps(asdict(state), indent=2))
     return state
