@@ -81,7 +81,7 @@ class Settings(BaseSettings):
     worker: int = Field(default=0, ge=0, le=999)
     transaction_timeout: float = Field(default=10.0, ge=1, le=900)
     feature_state_max_accounts: int = Field(default=50_000, ge=1)
-    batch_size: int = Field(default=512, ge=1, le=100_000)
+    batch_size: int = Field(default=2000, ge=1, le=100_000)
     batch_within: float = Field(default=0.05, gt=0, le=10)
     batch_linger: float = Field(default=0.04, ge=0, le=10)
     health_interval: float = Field(default=2.0, gt=0, le=60)

@@ -20,6 +20,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import msgspec
 import pytest
 
 from tidegate.agents import feature, inference, ingest, validation
@@ -205,7 +206,7 @@ def test_validation_sends_good_events_on_and_bad_ones_to_its_dead_letter_topic(
     assert sorted(env["event_id"] for env in passed) == sorted(
         str(r["event_id"]) for r in records if r["event_id"] not in bad_ids)
     for item in run.to("validated"):  # partitions are kept: per-account state downstream
-        assert {partition_for(json.loads(env["fields"])["account_id"], 6)
+        assert {partition_for(msgspec.msgpack.decode(env["fields"])["account_id"], 6)
                 for env in per_event(unpack(Codec(), item.value))} == {item.partition}
     letters = {context_of(item.headers).get("event.id"): item for item in run.to("dlq.validation")}
     assert set(letters) == {*bad_ids, None}
@@ -261,7 +262,7 @@ def test_ingest_routes_by_account_and_dead_letters_with_the_original_record(
     envelopes = []
     for item in run.to("ingested"):
         batch = per_event(unpack(codec, item.value))
-        assert {partition_for(str(json.loads(env["fields"])["account_id"]), 6)
+        assert {partition_for(str(msgspec.msgpack.decode(env["fields"])["account_id"]), 6)
                 for env in batch} == {item.partition}
         envelopes += batch
     assert sorted(env["event_id"] for env in envelopes) == sorted(

@@ -7,6 +7,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
+import msgspec
 import pytest
 
 from tidegate.batches import Batch, pack, unpack
@@ -124,7 +125,7 @@ def test_good_record_becomes_an_envelope_routed_by_account(
     assert envelope["feature_quality"] == ""
     fields = envelope["fields"]
     assert isinstance(fields, bytes)
-    assert json.loads(fields) == event
+    assert msgspec.msgpack.decode(fields) == event
 
 
 def test_envelopes_fit_the_batch_schema_and_round_trip(

@@ -52,7 +52,7 @@ def test_defaults_work_for_the_embedded_run(monkeypatch: pytest.MonkeyPatch,
     assert (settings.broker_port, settings.controller_port) == (0, 0)
     assert settings.schema_registry_url is None
     assert (settings.log_format, settings.log_level) == ("text", "INFO")
-    assert (settings.batch_size, settings.batch_within) == (512, 0.05)
+    assert (settings.batch_size, settings.batch_within) == (2000, 0.05)
     assert settings.rules_file is None
     assert settings.security == {}
     assert settings.client_config("localhost:9092") == {"bootstrap.servers": "localhost:9092"}

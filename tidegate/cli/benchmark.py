@@ -33,6 +33,7 @@ from tidegate.codec import Codec
 from tidegate.example.stream import example_messages
 from tidegate.kafka.admin import ensure_topics
 from tidegate.kafka.broker import start_broker, stop_broker
+from tidegate.kafka.clients import CONSUMER_DEFAULTS
 from tidegate.kafka.jars import classpath, require_tool
 from tidegate.kafka.jmx import BrokerMeters, read_meters
 from tidegate.settings import Settings
@@ -166,8 +167,9 @@ class _PredictionWatcher(threading.Thread):
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(daemon=True, name="predictions")
-        self.consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-{topic}",
-                                  "auto.offset.reset": "latest", "enable.auto.commit": False})
+        # configured as the stages' consumers are
+        self.consumer = Consumer({**CONSUMER_DEFAULTS, "bootstrap.servers": bootstrap,
+                                  "group.id": f"bench-{topic}", "auto.offset.reset": "latest"})
         self.consumer.subscribe([topic])
         self.codec = Codec()
         self.seen: list[tuple[float, int]] = []  # (arrival s, event time ms)

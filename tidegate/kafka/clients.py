@@ -14,9 +14,13 @@ PRODUCER_DEFAULTS: ClientConfig = {
     "acks": "all", "enable.idempotence": True, "linger.ms": 2, "compression.type": "lz4",
     "queue.buffering.max.kbytes": 65536, "log_level": 3,
 }
-# Every consumer: offsets committed by tidegate (after delivery), never automatically, and
-# librdkafka's log at errors only (its warnings repeat what the caller reports).
-CONSUMER_DEFAULTS: ClientConfig = {"enable.auto.commit": False, "log_level": 3}
+# Every consumer: offsets committed by tidegate (after delivery), never automatically;
+# librdkafka's log at errors only (its warnings repeat what the caller reports); and fetches
+# that return a batch, not a record: the broker holds a fetch until 64 KiB are there or 10 ms
+# have passed (librdkafka's default answers as soon as one byte is, so a stream of small
+# produce requests became as many fetches).
+CONSUMER_DEFAULTS: ClientConfig = {"enable.auto.commit": False, "log_level": 3,
+                                   "fetch.min.bytes": 65536, "fetch.wait.max.ms": 10}
 
 
 def bootstrap_servers(settings: Settings) -> str:

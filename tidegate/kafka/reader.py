@@ -99,16 +99,20 @@ class BatchReader:
             **config, "group.id": group,
         })
         self._on_assign, self._on_revoke = on_assign, on_revoke
-        self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked,
-                                 on_lost=self._lost)
         self.topic = topic
         self._positions: dict[int, int] = {}
+        # the assigned partitions, kept from the rebalance callbacks: asking librdkafka
+        # (``assignment()``) is a round trip to its group thread, once per batch
+        self._owned: set[int] = set()
         self._paused = False
         self._uncommitted: dict[int, int] = {}  # partition -> next offset, delivered
         self._commit_interval = commit_interval
         self._next_commit = 0.0
+        self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked,
+                                 on_lost=self._lost)
 
     def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+        self._owned.update(tp.partition for tp in partitions)
         if self._on_assign is not None and partitions:
             self._on_assign([tp.partition for tp in partitions])
 
@@ -122,6 +126,7 @@ class BatchReader:
 
     def _lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
+            self._owned.discard(tp.partition)
             self._positions.pop(tp.partition, None)
             self._uncommitted.pop(tp.partition, None)
         if self._on_revoke is not None and partitions:
@@ -187,8 +192,7 @@ class BatchReader:
         if offsets:
             # a partition revoked while the batch was read now belongs to another reader:
             # committing its offset could move that reader's position backwards
-            owned = {tp.partition for tp in self._consumer.assignment()}
-            offsets = [tp for tp in offsets if tp.partition in owned]
+            offsets = [tp for tp in offsets if tp.partition in self._owned]
             self.delivered(offsets)
             self._uncommitted.update((tp.partition, tp.offset) for tp in offsets)
         self._commit_due()

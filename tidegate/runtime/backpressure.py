@@ -15,10 +15,9 @@ Example::
 
 from __future__ import annotations
 
-from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient
+from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
+from confluent_kafka.admin import AdminClient, OffsetSpec
 
-from tidegate.kafka.clients import CONSUMER_DEFAULTS
 from tidegate.settings import ClientConfig
 
 __all__ = ["LagProbe", "LagValve"]
@@ -45,28 +44,41 @@ class LagValve:
 
 
 class LagProbe:
-    """Reads a consumer group's lag on one topic (blocking: call it from a worker thread)."""
+    """Reads a consumer group's lag on one topic (blocking: call it from a worker thread).
 
-    def __init__(self, config: ClientConfig, *, group: str, topic: str) -> None:
+    A probe is two requests, sent together: the group's committed offsets (OffsetFetch) and
+    the end offsets of every partition (one ListOffsets). The partitions are looked up once and
+    again after a failed probe.
+    """
+
+    def __init__(self, config: ClientConfig, *, group: str, topic: str,
+                 timeout: float = 5.0) -> None:
         self.group, self.topic = group, topic
         self._admin = AdminClient({"log_level": 3, **config})
-        self._consumer = Consumer({**CONSUMER_DEFAULTS, **config,
-                                   "group.id": f"{group}.lag-probe"})
+        self._timeout = timeout
+        self._partitions: list[int] | None = None
+
+    def _topic_partitions(self) -> list[int]:
+        if self._partitions is None:
+            metadata = self._admin.list_topics(self.topic, timeout=self._timeout)
+            self._partitions = sorted(metadata.topics[self.topic].partitions)
+        return self._partitions
 
     def lag(self) -> int | None:
         """Records the group has yet to process, or None when it cannot be read right now."""
         try:
-            partitions = self._consumer.list_topics(self.topic, timeout=5).topics[
-                self.topic].partitions
-            request = [ConsumerGroupTopicPartitions(
-                self.group, [TopicPartition(self.topic, p) for p in partitions])]
-            result = self._admin.list_consumer_group_offsets(request)[self.group].result()
+            partitions = [TopicPartition(self.topic, p) for p in self._topic_partitions()]
+            committed = self._admin.list_consumer_group_offsets(
+                [ConsumerGroupTopicPartitions(self.group, partitions)],
+                request_timeout=self._timeout)[self.group]
+            latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
+            ends = self._admin.list_offsets({tp: latest for tp in partitions},
+                                            request_timeout=self._timeout)
+            done = {tp.partition: tp.offset for tp in committed.result().topic_partitions or []}
             total = 0
-            for tp in result.topic_partitions or []:
-                _, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, tp.partition), timeout=5)
-                committed = tp.offset if tp.offset >= 0 else 0
-                total += max(0, high - committed)
+            for tp, end in ends.items():
+                total += max(0, end.result().offset - max(done.get(tp.partition, 0), 0))
             return total
         except (KafkaException, KeyError):
+            self._partitions = None  # the topic may have changed: look it up again
             return None
