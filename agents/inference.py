@@ -39,7 +39,7 @@ def build(settings: Settings) -> StageRuntime:
     chain = ScoringChain.from_registry(registry)
     new_breaker = _breakers(runtime, settings)
     chain.breakers = {path: new_breaker(path) for path in ("primary", "fallback")}
-    encode = runtime.codec.encoder("tidegate.Prediction", topic=sink_name)
+    encode = runtime.codec.batch_encoder("tidegate.Prediction", topic=sink_name)
     width = len(FEATURE_NAMES)
     runtime.metrics.model_version = chain.primary.version if chain.primary else None
     steering = runtime.follow_control()

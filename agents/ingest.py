@@ -25,7 +25,7 @@ def build(settings: Settings) -> StageRuntime:
     steering = runtime.follow_control()
     assert runtime.topics.sink is not None
     predictions_topic = runtime.name(by_key("predictions"))
-    encode_prediction = runtime.codec.encoder("tidegate.Prediction", topic=predictions_topic)
+    encode_prediction = runtime.codec.batch_encoder("tidegate.Prediction", topic=predictions_topic)
     sink = runtime.topics.sink
     sink_name = runtime.name(sink)
     dedupe = Dedupe(window_ms=int(settings.dedupe_window_seconds * 1000))

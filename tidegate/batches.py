@@ -38,6 +38,7 @@ __all__ = [
     "LEGACY_BATCH_SCHEMA",
     "MAX_BATCH_BYTES",
     "MAX_BATCH_EVENTS",
+    "PACK_SCHEMA",
     "BadBatchError",
     "Batch",
     "event_letters",
@@ -47,12 +48,35 @@ __all__ = [
     "unpack_messages",
 ]
 
-BATCH_SCHEMA = "tidegate.internal.EventColumns"
+PACK_SCHEMA = "tidegate.internal.EventPack"  # what stages write
+BATCH_SCHEMA = "tidegate.internal.EventColumns"  # one Avro array per column; still read
 LEGACY_BATCH_SCHEMA = "tidegate.internal.EventBatch"  # one record per event; still read
 MAX_BATCH_EVENTS = 2000
 MAX_BATCH_BYTES = 512 * 1024  # the broker refuses messages over 1 MiB by default
 _ENVELOPE_OVERHEAD = 200  # ids, trace context, timestamps, source position, headers
 
+class _PackedColumns(msgspec.Struct, forbid_unknown_fields=False):
+    """The MessagePack map of an EventPack, typed: a column of the wrong type is refused."""
+
+    event_ids: list[str]
+    trace_ids: list[str]
+    traceparents: list[str]
+    account_ids: list[str]
+    event_times: bytes
+    ingested_at: bytes
+    fields: list[bytes]
+    source_topics: list[str]
+    source_partitions: bytes
+    source_offsets: bytes
+    source_timestamps: bytes
+    keys: list[bytes | None]
+    values: list[bytes]
+    headers: list[list[dict[str, Any]]]  # {"key": str, "value": bytes or None}
+    feature_quality: list[str]
+
+
+_encode_columns = msgspec.msgpack.Encoder().encode
+_decode_columns = msgspec.msgpack.Decoder(_PackedColumns).decode
 _decode_fields = msgspec.msgpack.Decoder(list[dict[str, Any]]).decode
 _decode_field = msgspec.msgpack.Decoder(dict[str, Any]).decode
 Ints = npt.NDArray[np.int64]
@@ -250,8 +274,8 @@ def pack(codec: Codec, batch: Batch, *, stage: str) -> Iterator[tuple[int, bytes
     for partition in np.unique(batch.partitions).tolist():
         part = batch.take(np.flatnonzero(batch.partitions == partition))
         for start, stop in _chunks(part):
-            yield int(partition), codec.encode(BATCH_SCHEMA,
-                                               _record(part, start, stop, stage=stage, now=now))
+            yield int(partition), codec.encode(PACK_SCHEMA,
+                                               _packed(part, start, stop, stage=stage, now=now))
 
 
 def _chunks(batch: Batch) -> Iterator[tuple[int, int]]:
@@ -272,19 +296,21 @@ def _chunks(batch: Batch) -> Iterator[tuple[int, int]]:
     yield start, len(batch)
 
 
-def _record(batch: Batch, start: int, stop: int, *, stage: str, now: int) -> dict[str, Any]:
-    record: dict[str, Any] = {"batch_id": uuid.uuid4().hex, "stage": stage, "created_at": now,
-                              "count": stop - start,
-                              "feature_width": int(batch.features.shape[1])}
+def _packed(batch: Batch, start: int, stop: int, *, stage: str, now: int) -> dict[str, Any]:
+    """An EventPack record: the envelope in Avro, the columns in one MessagePack map."""
+    columns: dict[str, Any] = {}
     for column in _SENT:
         value = getattr(batch, column)
         if column == "features":
-            record[column] = value[start:stop].astype("<f8", copy=False).tobytes()
-        elif column in _INTS:
-            record[column] = value[start:stop].astype(_INTS[column], copy=False).tobytes()
+            continue
+        if column in _INTS:
+            columns[column] = value[start:stop].astype(_INTS[column], copy=False).tobytes()
         else:
-            record[column] = value[start:stop]
-    return record
+            columns[column] = value[start:stop]
+    return {"batch_id": uuid.uuid4().hex, "stage": stage, "created_at": now,
+            "count": stop - start, "feature_width": int(batch.features.shape[1]),
+            "features": batch.features[start:stop].astype("<f8", copy=False).tobytes(),
+            "columns": _encode_columns(columns)}
 
 
 def unpack(codec: Codec, value: bytes, *, partition: int = 0) -> Batch:
@@ -297,8 +323,11 @@ def unpack(codec: Codec, value: bytes, *, partition: int = 0) -> Batch:
         events: list[Record] = record["events"]
         return Batch.from_envelopes(events, np.full(len(events), partition))
     try:
+        if "columns" in record:
+            packed = _decode_columns(record["columns"])
+            record = {**record, **msgspec.structs.asdict(packed)}
         return _columns(record, partition)
-    except (KeyError, ValueError, TypeError) as exc:
+    except (KeyError, ValueError, TypeError, msgspec.DecodeError) as exc:
         raise BadBatchError(f"unreadable internal batch: {exc}") from exc
 
 

@@ -25,7 +25,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 import weakref
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from io import BytesIO
 from pathlib import Path
@@ -133,6 +133,21 @@ class AvroSchema:
         except _ENCODE_ERRORS as exc:
             raise EncodeError(f"{self.name}: {_why(exc)}") from exc
         return out.getvalue()
+
+    def write_all(self, records: Sequence[Mapping[str, Any]], prefix: bytes = b"") -> list[bytes]:
+        """``write`` for many records at once: one buffer for all, then sliced. Example:
+        ``schema(name).write_all([a, b], header)``."""
+        out = BytesIO()
+        ends = []
+        for index, record in enumerate(records):
+            out.write(prefix)
+            try:
+                schemaless_writer(out, self.parsed, record)
+            except _ENCODE_ERRORS as exc:
+                raise EncodeError(f"{self.name} (record {index}): {_why(exc)}") from exc
+            ends.append(out.tell())
+        data = out.getbuffer()
+        return [bytes(data[start:end]) for start, end in zip([0, *ends], ends, strict=False)]
 
     def read(self, body: bytes, reader: AvroSchema | None = None) -> Record:
         """Decode a bare body written with this schema. Example: ``schema(name).read(body)``."""
@@ -334,14 +349,24 @@ class Codec:
 
         With a registry the schema is registered under ``<topic>-value`` (or its full name).
         """
-        avro = schema(schema_name)
-        if self.registry is None:
-            header = SINGLE_OBJECT_MAGIC + avro.fingerprint
-        else:
-            subject = f"{topic}-value" if topic else avro.name
-            header = CONFLUENT_MAGIC + self.registry.register(subject, avro).to_bytes(4, "big")
+        avro, header = self._framing(schema_name, topic)
         write = avro.write
         return lambda record: write(record, header)
+
+    def _framing(self, schema_name: str, topic: str | None) -> tuple[AvroSchema, bytes]:
+        avro = schema(schema_name)
+        if self.registry is None:
+            return avro, SINGLE_OBJECT_MAGIC + avro.fingerprint
+        subject = f"{topic}-value" if topic else avro.name
+        return avro, CONFLUENT_MAGIC + self.registry.register(subject, avro).to_bytes(4, "big")
+
+    def batch_encoder(self, schema_name: str, *, topic: str | None = None
+                      ) -> Callable[[Sequence[Mapping[str, Any]]], list[bytes]]:
+        """``encoder`` for whole batches: one call frames every record of a list. Example:
+        ``to_values = codec.batch_encoder(name); to_values([a, b])``."""
+        avro, header = self._framing(schema_name, topic)
+        write_all = avro.write_all
+        return lambda records: write_all(records, header)
 
     def encode(self, schema_name: str, record: Mapping[str, Any], *,
                topic: str | None = None) -> bytes:

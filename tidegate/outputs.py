@@ -63,13 +63,17 @@ def forward(codec: Codec, batch: Batch, *, topic: str, stage: str) -> list[Outgo
             for partition, value in pack(codec, batch, stage=stage)]
 
 
-def prediction_messages(records: Iterable[Mapping[str, Any]], traceparents: Iterable[str], *,
-                        encode: Callable[[Mapping[str, Any]], bytes],
+def prediction_messages(records: Sequence[Mapping[str, Any]], traceparents: Iterable[str], *,
+                        encode: Callable[[Sequence[Mapping[str, Any]]], list[bytes]],
                         topic: str) -> list[Outgoing]:
-    """One message per prediction, keyed by event id, with the event's trace context."""
-    return [Outgoing(topic=topic, key=str(record["event_id"]).encode(), value=encode(record),
+    """One message per prediction, keyed by event id, with the event's trace context.
+
+    ``encode`` frames the whole list in one call (``Codec.batch_encoder``).
+    """
+    return [Outgoing(topic=topic, key=str(record["event_id"]).encode(), value=value,
                      headers=[("traceparent", traceparent.encode())])
-            for record, traceparent in zip(records, traceparents, strict=True)]
+            for record, value, traceparent in zip(records, encode(records), traceparents,
+                                                  strict=True)]
 
 
 class Staged(Protocol):

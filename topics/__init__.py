@@ -71,17 +71,17 @@ EVENTS = TopicSpec(
 )
 INGESTED = TopicSpec(
     key="ingested", partitions=6, retention_ms=_DAY_MS, internal=True,
-    value_schema="tidegate.internal.EventColumns",
+    value_schema="tidegate.internal.EventPack",
     description="decoded, de-duplicated, traced micro-batches, partitioned by account",
 )
 VALIDATED = TopicSpec(
     key="validated", partitions=6, retention_ms=_DAY_MS, internal=True,
-    value_schema="tidegate.internal.EventColumns",
+    value_schema="tidegate.internal.EventPack",
     description="micro-batches that passed every rule, partitioned by account",
 )
 FEATURES = TopicSpec(
     key="features", partitions=6, retention_ms=_DAY_MS, internal=True,
-    value_schema="tidegate.internal.EventColumns",
+    value_schema="tidegate.internal.EventPack",
     description="micro-batches with their feature vectors",
 )
 ACCOUNTS = TopicSpec(

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 from dataclasses import fields
 from typing import Any
 
+import msgspec
 import numpy as np
 import pytest
 from aiokafka.partitioner import DefaultPartitioner
@@ -18,6 +19,7 @@ from tidegate.batches import (
     LEGACY_BATCH_SCHEMA,
     MAX_BATCH_BYTES,
     MAX_BATCH_EVENTS,
+    PACK_SCHEMA,
     BadBatchError,
     Batch,
     pack,
@@ -158,7 +160,7 @@ def test_pack_unpack_round_trip_per_partition(codec: Codec) -> None:
     for partition, message in packed:
         want = batch.take(np.flatnonzero(batch.partitions == partition))
         assert columns(unpack(codec, message, partition=partition)) == columns(want)
-        record = codec.decode(message, BATCH_SCHEMA)
+        record = codec.decode(message, PACK_SCHEMA)
         assert record["stage"] == "feature"
         assert before <= record["created_at"] <= int(time.time() * 1000)
         assert (record["count"], record["feature_width"]) == (10, 2)
@@ -168,7 +170,7 @@ def test_pack_unpack_round_trip_per_partition(codec: Codec) -> None:
 def test_batch_ids_are_unique(codec: Codec) -> None:
     batch = batch_of(12, partitions=[i % 4 for i in range(12)])
     packed = list(pack(codec, batch, stage="ingest")) + list(pack(codec, batch, stage="ingest"))
-    ids = {codec.decode(message, BATCH_SCHEMA)["batch_id"] for _, message in packed}
+    ids = {codec.decode(message, PACK_SCHEMA)["batch_id"] for _, message in packed}
     assert len(packed) == 8
     assert len(ids) == 8
 
@@ -410,7 +412,7 @@ def test_with_features_round_trips_float64s_bit_for_bit(codec: Codec) -> None:
     assert bool(np.signbit(again.features[0, 0]))
     assert again.fields == []
     assert columns(again) == columns(featured)
-    assert codec.decode(message, BATCH_SCHEMA)["fields"] == []
+    assert msgspec.msgpack.decode(codec.decode(message, PACK_SCHEMA)["columns"])["fields"] == []
 
 
 def test_with_features_of_a_strided_matrix_sends_its_rows(codec: Codec) -> None:
@@ -541,3 +543,17 @@ def test_partition_for_is_cached_per_key_and_partition_count() -> None:
     assert partition_for("acct-cached", 7) == expected
     info = partition_for.cache_info()
     assert (info.hits, info.misses) == (1, 2)
+
+
+def test_a_pack_whose_columns_have_the_wrong_types_is_a_bad_batch(codec: Codec) -> None:
+    [(_, message)] = list(pack(codec, batch_of(3), stage="ingest"))
+    record = codec.decode(message, PACK_SCHEMA)
+    columns_map = msgspec.msgpack.decode(record["columns"])
+    columns_map["event_ids"] = [1, 2, 3]
+    bad = codec.encode(PACK_SCHEMA, {**record, "columns": msgspec.msgpack.encode(columns_map)})
+    with pytest.raises(BadBatchError, match="unreadable internal batch"):
+        unpack(codec, bad)
+    torn = codec.encode(PACK_SCHEMA, {**record, "columns": b"\xc1"})
+    with pytest.raises(BadBatchError, match="unreadable internal batch"):
+        unpack(codec, torn)
+

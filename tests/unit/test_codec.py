@@ -26,6 +26,7 @@ from tidegate.codec import (
 from tidegate.errors import (
     CodecError,
     ConfigError,
+    EncodeError,
     SchemaRegistryRejectedError,
     SchemaRegistryUnavailableError,
     TidegateError,
@@ -102,6 +103,10 @@ SAMPLES: dict[str, dict[str, Any]] = {
         "values": [b"{}", b"\x00\x01"], "headers": [[], [{"key": "h", "value": None}]],
         "feature_quality": ["ok", "no_state"], "feature_width": 1,
         "features": struct.pack("<2d", 0.5, -3.25),
+    },
+    "tidegate.internal.EventPack": {
+        "batch_id": "b-3", "stage": "ingest", "created_at": T0, "count": 1, "feature_width": 0,
+        "features": b"", "columns": b"\x80",
     },
 }  # fmt: skip
 
@@ -432,3 +437,14 @@ def test_errors_wrap_the_underlying_exception() -> None:
     with pytest.raises(CodecError) as caught:
         codec.decode(_label()[:-1])
     assert isinstance(caught.value.__cause__, EOFError | IndexError)
+
+
+def test_a_batch_encoder_frames_each_record_as_the_single_one_does() -> None:
+    codec = Codec()
+    one = codec.encoder("tidegate.Label")
+    many = codec.batch_encoder("tidegate.Label")
+    labels = [{"event_id": f"e{i}", "label": i % 2 == 0, "labelled_at": i} for i in range(5)]
+    assert many(labels) == [one(label) for label in labels]
+    assert many([]) == []
+    with pytest.raises(EncodeError, match=r"record 1"):
+        many([labels[0], {"event_id": "e9"}])

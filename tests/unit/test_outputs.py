@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import pytest
@@ -31,8 +31,8 @@ def test_forward_of_an_empty_batch_sends_nothing() -> None:
 
 
 def test_prediction_messages_are_keyed_by_event_id_and_carry_the_trace() -> None:
-    def encode(record: Mapping[str, Any]) -> bytes:
-        return json.dumps(dict(record)).encode()
+    def encode(records: Sequence[Mapping[str, Any]]) -> list[bytes]:
+        return [json.dumps(dict(record)).encode() for record in records]
 
     records = [{"event_id": "e1", "score": 0.1}, {"event_id": "e2", "score": 0.9}]
     out = prediction_messages(records, ["00-a-b-01", "00-c-d-01"], encode=encode,
