@@ -11,7 +11,6 @@ Example::
 from __future__ import annotations
 
 import inspect
-import json
 import os
 import re
 import signal
@@ -25,6 +24,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import TypeVar, cast
+
+import msgspec
 
 from tests.integration.pipeline import produce
 from tidegate.batches import MAX_BATCH_BYTES, Batch, pack, unpack
@@ -283,7 +284,7 @@ def measure_footprints(sample: list[ExampleMessage], batch_size: int) -> Footpri
         _, dedupe_heap = _heap(remember)
         first: dict[object, dict[str, object]] = {}
         for _, env in accepted:
-            record = json.loads(cast(bytes, env["fields"]))
+            record = msgspec.msgpack.decode(cast(bytes, env["fields"]))
             first.setdefault(record["account_id"], record)
         chosen = list(first.values())[:50]
         # every account's ring filled: more events inside the window than the ring keeps

@@ -71,7 +71,7 @@ pytestmark = pytest.mark.chaos
 
 OVERLOAD = 5.0
 WINDOW_SECONDS = 60.0
-SHARE = 0.15  # of the time the stages may run: 5x its capacity stays producible from Python
+SHARE = 0.08  # of the time the stages may run: 5x its capacity stays producible from Python
 BURST = 15_000
 ACCOUNTS = 2000
 BAD_RATE = 0.01

@@ -19,7 +19,7 @@ def test_the_input_topic_is_read_in_events_and_waits_for_the_batch_to_fill() -> 
 
 @pytest.mark.parametrize("key", ["ingested", "validated", "features"])
 def test_internal_topics_are_read_in_batch_messages_without_waiting_for_more(key: str) -> None:
-    settings = Settings(batch_size=512, batch_linger=0.04)
+    settings = Settings(batch_size=2000, batch_linger=0.04)
     topic = by_key(key)
     assert (batch_messages(settings, topic), read_linger(settings, topic)) == (8, 0.0)
     assert batch_messages(Settings(batch_size=10), topic) == 1  # never none

@@ -105,8 +105,8 @@ class _Read:
 
 def batch_messages(settings: Settings, source: TopicSpec) -> int:
     """Messages per read: ``batch_size`` events, or on an internal topic, whose messages are
-    batches of up to 2,000 events (512 KiB), one 64th of it: 8 messages, 4 MiB by default."""
-    return max(1, settings.batch_size // 64) if source.internal else settings.batch_size
+    batches of up to 2,000 events (512 KiB), one 250th of it: 8 messages, 4 MiB by default."""
+    return max(1, settings.batch_size // 250) if source.internal else settings.batch_size
 
 
 def read_linger(settings: Settings, source: TopicSpec) -> float:
