@@ -33,7 +33,7 @@ from tidegate.codec import Codec
 from tidegate.example.stream import example_messages
 from tidegate.kafka.admin import ensure_topics
 from tidegate.kafka.broker import start_broker, stop_broker
-from tidegate.kafka.clients import CONSUMER_DEFAULTS
+from tidegate.kafka.clients import CONSUMER_DEFAULTS, HOP_FETCH
 from tidegate.kafka.jars import classpath, require_tool
 from tidegate.kafka.jmx import BrokerMeters, read_meters
 from tidegate.settings import Settings
@@ -158,7 +158,9 @@ def _fill(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | No
     for index, value in enumerate(values):
         if rate:
             ahead = index / rate - (time.monotonic() - began)
-            if ahead > 0:
+            # sleep only when 2 ms ahead: a sleep per event cost the generator 40 µs per event
+            # at 7,000/s, on the cores the pipeline runs on; an event leaves at most 2 ms early
+            if ahead > 0.002:
                 time.sleep(ahead)
             if lags is not None:
                 lags.append(max(0.0, -ahead) * 1000)
@@ -173,8 +175,8 @@ class _PredictionWatcher(threading.Thread):
 
     def __init__(self, bootstrap: str, topic: str) -> None:
         super().__init__(daemon=True, name="predictions")
-        # configured as the stages' consumers are
-        self.consumer = Consumer({**CONSUMER_DEFAULTS, "bootstrap.servers": bootstrap,
+        # configured as the stages' input readers are
+        self.consumer = Consumer({**CONSUMER_DEFAULTS, **HOP_FETCH, "bootstrap.servers": bootstrap,
                                   "group.id": f"bench-{topic}", "auto.offset.reset": "latest"})
         self.consumer.subscribe([topic])
         self.codec = Codec()

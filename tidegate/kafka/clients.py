@@ -6,7 +6,9 @@ from tidegate.errors import BrokerNotRunningError
 from tidegate.kafka.broker import read_state
 from tidegate.settings import ClientConfig, Settings
 
-__all__ = ["CONSUMER_DEFAULTS", "PRODUCER_DEFAULTS", "bootstrap_servers", "client_config"]
+__all__ = [
+    "CONSUMER_DEFAULTS", "HOP_FETCH", "PRODUCER_DEFAULTS", "bootstrap_servers", "client_config",
+]
 
 # Every producer of stage outputs: acknowledged by all in-sync replicas, idempotent, lz4 batches,
 # and a bounded queue (librdkafka's default is 1 GiB).
@@ -14,13 +16,15 @@ PRODUCER_DEFAULTS: ClientConfig = {
     "acks": "all", "enable.idempotence": True, "linger.ms": 2, "compression.type": "lz4",
     "queue.buffering.max.kbytes": 65536, "log_level": 3,
 }
-# Every consumer: offsets committed by tidegate (after delivery), never automatically;
-# librdkafka's log at errors only (its warnings repeat what the caller reports); and fetches
-# that return a batch, not a record: the broker holds a fetch until 64 KiB are there or 10 ms
-# have passed (librdkafka's default answers as soon as one byte is, so a stream of small
-# produce requests became as many fetches).
-CONSUMER_DEFAULTS: ClientConfig = {"enable.auto.commit": False, "log_level": 3,
-                                   "fetch.min.bytes": 65536, "fetch.wait.max.ms": 10}
+# Every consumer: offsets committed by tidegate (after delivery), never automatically, and
+# librdkafka's log at errors only (its warnings repeat what the caller reports). Fetches keep
+# librdkafka's defaults (answered at the first byte, else held 500 ms): an idle follower asks
+# twice a second, a scan reads to the end without waiting.
+CONSUMER_DEFAULTS: ClientConfig = {"enable.auto.commit": False, "log_level": 3}
+# The readers of a pipeline hop (a stage's input, a consumer of predictions): a fetch returns a
+# batch, not a record: the broker holds it until 64 KiB are there or 10 ms have passed. With
+# the defaults, a stream of small produce requests became as many fetches.
+HOP_FETCH: ClientConfig = {"fetch.min.bytes": 65536, "fetch.wait.max.ms": 10}
 
 
 def bootstrap_servers(settings: Settings) -> str:

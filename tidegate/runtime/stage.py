@@ -29,7 +29,7 @@ from threadpoolctl import threadpool_limits
 from tidegate.codec import Codec
 from tidegate.control import StageMode
 from tidegate.errors import BrokerError, CodecError
-from tidegate.kafka.clients import client_config
+from tidegate.kafka.clients import HOP_FETCH, client_config
 from tidegate.kafka.producer import Outbox
 from tidegate.kafka.reader import BatchReader, batch_messages, read_linger
 from tidegate.kafka.scan import read_topic
@@ -200,7 +200,8 @@ class StageRuntime:
         """
         self._handle_with(state)
         group = input_group(self.stage, self.settings)
-        reader = BatchReader(client_config(self.settings), topic=self.source.get_topic_name(),
+        reader = BatchReader(client_config(self.settings, **HOP_FETCH),
+                             topic=self.source.get_topic_name(),
                              group=group, on_assign=on_assign, on_revoke=on_revoke)
         self._reader = reader
         checkpoint: Checkpoint = AtLeastOnce(self._send, reader,
