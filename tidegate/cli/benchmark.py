@@ -13,7 +13,6 @@ Example::
 from __future__ import annotations
 
 import re
-import subprocess
 import sys
 import tempfile
 import threading
@@ -34,7 +33,7 @@ from tidegate.example.stream import example_messages
 from tidegate.kafka.admin import ensure_topics
 from tidegate.kafka.broker import start_broker, stop_broker
 from tidegate.kafka.clients import CONSUMER_DEFAULTS, HOP_FETCH
-from tidegate.kafka.jars import classpath, require_tool
+from tidegate.kafka.jars import run_tool
 from tidegate.kafka.jmx import BrokerMeters, read_meters
 from tidegate.settings import Settings
 from tidegate.topics import CATALOG, STAGE_ORDER
@@ -43,6 +42,7 @@ __all__ = ["render", "run_bench"]
 
 STAGES = STAGE_ORDER
 SETTLE_SECONDS = 15.0
+_TICKS = 100.0  # clock ticks per second in /proc stat files (Linux's USER_HZ)
 # Warm-up events: the stages join their groups and load their models, and the broker's JIT
 # compiles the paths the pipeline takes (the ceiling's produce and fetch paths are not all of
 # them: compressed and idempotent batches, read-committed fetches, a compacted topic).
@@ -73,16 +73,6 @@ def _cluster(settings: Settings, jmx: str | None) -> Iterator[tuple[str, int | N
             stop_broker(scratch)
 
 
-def _kafka_tool(settings: Settings, tool: str, args: list[str]) -> str:
-    java = require_tool("java")
-    command = [java, "-Xmx512m", "-cp", classpath(settings.cache_dir, settings.kafka_version),
-               f"org.apache.kafka.tools.{tool}", *args]
-    result = subprocess.run(command, capture_output=True, text=True, check=False, timeout=600)
-    if result.returncode != 0:
-        raise RuntimeError(f"{tool} failed: {result.stderr.strip()[-500:]}")
-    return result.stdout
-
-
 def _create(bootstrap: str, *names: str, partitions: int = 6) -> None:
     admin = AdminClient({"bootstrap.servers": bootstrap})
     for future in admin.create_topics([NewTopic(n, num_partitions=partitions,
@@ -95,13 +85,13 @@ def broker_ceiling(settings: Settings, bootstrap: str, *, records: int,
     """Kafka's own producer and consumer performance tools on a 6-partition topic."""
     topic = f"bench.ceiling.{int(time.time())}"
     _create(bootstrap, topic)
-    out = _kafka_tool(settings, "ProducerPerformance", [
+    out = run_tool(settings.cache_dir, settings.kafka_version, "ProducerPerformance", [
         "--topic", topic, "--num-records", str(records), "--record-size", str(size),
         "--throughput", "-1", "--producer-props", f"bootstrap.servers={bootstrap}", "acks=all",
         "linger.ms=5"])
     line = [ln for ln in out.splitlines() if "records sent" in ln][-1]
     produced = float(re.search(r"([\d.]+) records/sec", line).group(1))  # type: ignore[union-attr]
-    out = _kafka_tool(settings, "ConsumerPerformance", [
+    out = run_tool(settings.cache_dir, settings.kafka_version, "ConsumerPerformance", [
         "--bootstrap-server", bootstrap, "--topic", topic, "--messages", str(records)])
     row = out.strip().splitlines()[-1].split(",")
     consumed = float(row[5])  # header: start, end, MB, MB/sec, messages, messages/sec, ...
@@ -211,17 +201,21 @@ class _PredictionWatcher(threading.Thread):
         return len(self.seen) >= count
 
 
+def _cpu_seconds(stat: Path) -> float:
+    """User plus system CPU seconds from a /proc ``stat`` file (a process's or a thread's)."""
+    fields = stat.read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / _TICKS
+
+
 def _usage(pids: dict[str, int | None]) -> dict[str, dict[str, float]]:
     """CPU seconds and peak RSS (MB) of each stage process."""
-    ticks = 100.0
     usage = {}
     for stage, pid in pids.items():
         if pid is None:
             continue
-        stat = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
         status = Path(f"/proc/{pid}/status").read_text()
         peak = re.search(r"VmHWM:\s+(\d+) kB", status)
-        usage[stage] = {"cpu_s": (int(stat[11]) + int(stat[12])) / ticks,
+        usage[stage] = {"cpu_s": _cpu_seconds(Path(f"/proc/{pid}/stat")),
                         "peak_rss_mb": int(peak.group(1)) / 1024 if peak else 0.0}
     return usage
 
@@ -229,16 +223,14 @@ def _usage(pids: dict[str, int | None]) -> dict[str, dict[str, float]]:
 def _threads(pid: int) -> dict[str, float]:
     """CPU seconds of a process by thread name, numbered threads folded into one name (the
     broker's ``data-plane-kafka-request-handler-3`` counts as ``...-request-handler-#``)."""
-    ticks = 100.0
     threads: dict[str, float] = {}
     for task in Path(f"/proc/{pid}/task").iterdir():
         try:
-            name = (task / "comm").read_text().strip()
-            stat = (task / "stat").read_text().rsplit(")", 1)[1].split()
+            name = re.sub(r"\d+", "#", (task / "comm").read_text().strip())
+            cpu = _cpu_seconds(task / "stat")
         except OSError:  # the thread ended meanwhile
             continue
-        name = re.sub(r"\d+", "#", name)
-        threads[name] = threads.get(name, 0.0) + (int(stat[11]) + int(stat[12])) / ticks
+        threads[name] = threads.get(name, 0.0) + cpu
     return threads
 
 

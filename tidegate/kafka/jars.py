@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tidegate.errors import BrokerError, ToolMissingError
 
-__all__ = ["classpath", "kafka_home", "require_tool", "resolve_jars"]
+__all__ = ["classpath", "kafka_home", "require_tool", "resolve_jars", "run_tool"]
 
 # The kafka_2.13 POM declares slf4j-api 1.7 but leaves the logging backend out; the Apache
 # distribution ships log4j2 with its SLF4J 1.x binding (log4j-slf4j-impl), and so do we.
@@ -55,6 +55,22 @@ def require_tool(name: str) -> str:
         hint = {"java": "install a JDK 17 or newer", "mvn": "install Apache Maven"}.get(name, "")
         raise ToolMissingError(f"'{name}' not found on PATH: {hint}".rstrip(": "))
     return path
+
+
+def run_tool(cache_dir: Path, version: str, tool: str, args: list[str], *,
+             jvm: tuple[str, ...] = ("-Xmx512m",), timeout: float = 600.0) -> str:
+    """Run one of Kafka's command-line tools (``org.apache.kafka.tools.<tool>``) from the
+    cached jars and return its output; a BrokerError names the tool when it fails."""
+    command = [require_tool("java"), *jvm, "-cp", classpath(cache_dir, version),
+               f"org.apache.kafka.tools.{tool}", *args]
+    try:
+        result = subprocess.run(command, capture_output=True, text=True, check=False,
+                                timeout=timeout)
+    except subprocess.TimeoutExpired as exc:
+        raise BrokerError(f"{tool} did not finish in {timeout:.0f} s") from exc
+    if result.returncode != 0:
+        raise BrokerError(f"{tool} failed: {result.stderr.strip()[-500:]}")
+    return result.stdout
 
 
 def kafka_home(cache_dir: Path, version: str) -> Path:

@@ -14,12 +14,11 @@ Example::
 
 from __future__ import annotations
 
-import subprocess
 from collections import defaultdict
 from dataclasses import dataclass, field
 
 from tidegate.errors import BrokerError
-from tidegate.kafka.jars import classpath, require_tool
+from tidegate.kafka.jars import run_tool
 from tidegate.settings import Settings
 
 __all__ = ["BrokerMeters", "parse_jmx_output", "read_meters"]
@@ -87,20 +86,10 @@ def parse_jmx_output(text: str) -> BrokerMeters:
 
 def read_meters(settings: Settings, address: str) -> BrokerMeters:
     """The broker's meters now, from its JMX port at ``address`` (host:port)."""
-    java = require_tool("java")
     objects = [arg for name in (_REQUESTS, *_TOPIC_METERS.values())
                for arg in ("--object-name", name)]
-    command = [java, "-Xmx128m", "-XX:TieredStopAtLevel=1", "-cp",
-               classpath(settings.cache_dir, settings.kafka_version),
-               "org.apache.kafka.tools.JmxTool",
-               "--jmx-url", f"service:jmx:rmi:///jndi/rmi://{address}/jmxrmi",
-               *objects, "--attributes", "Count", "--one-time", "true",
-               "--report-format", "tsv"]
-    try:
-        result = subprocess.run(command, capture_output=True, text=True, timeout=120,
-                                check=False)
-    except subprocess.TimeoutExpired as exc:
-        raise BrokerError(f"JmxTool did not answer from {address} in 120 s") from exc
-    if result.returncode != 0:
-        raise BrokerError(f"JmxTool failed on {address}: {result.stderr.strip()[-300:]}")
-    return parse_jmx_output(result.stdout)
+    return parse_jmx_output(run_tool(
+        settings.cache_dir, settings.kafka_version, "JmxTool",
+        ["--jmx-url", f"service:jmx:rmi:///jndi/rmi://{address}/jmxrmi", *objects,
+         "--attributes", "Count", "--one-time", "true", "--report-format", "tsv"],
+        jvm=("-Xmx128m", "-XX:TieredStopAtLevel=1"), timeout=120))

@@ -20,7 +20,6 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
@@ -30,37 +29,16 @@ from tidegate.settings import ClientConfig, Settings
 from tidegate.topics import TopicSpec
 
 __all__ = [
-    "QUEUED_MIN_MESSAGES", "BatchReader", "ReaderEvent", "ReaderMessage", "batch_messages",
-    "read_linger",
+    "QUEUED_MIN_MESSAGES", "BatchReader", "ReaderEvent", "batch_messages", "read_linger",
 ]
 
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True, slots=True)
-class ReaderMessage:
-    """The parts of a record a stage uses, shaped like a Faust message."""
-
-    topic: str
-    partition: int
-    offset: int
-    timestamp: float  # seconds, as Faust gives it
-    key: bytes | None
-    value: bytes | None
-    headers: list[tuple[str, bytes | None]]
-
-
-@dataclass(frozen=True, slots=True)
 class ReaderEvent:
-    """A record shaped like a Faust event (``event.message``), so handlers serve both paths."""
-
-    message: ReaderMessage
-
-
-class _Read:
-    """A librdkafka message shaped like a ``ReaderEvent`` (``event.message.value`` and so on),
-    its parts read from the message when asked: building two dataclasses per record cost the
-    public topics' readers about a tenth of their time."""
+    """A record shaped like a Faust event (``event.message.value`` and so on), so handlers
+    serve both paths. Its parts are read from the librdkafka message when asked: building two
+    dataclasses per record cost the public topics' readers about a tenth of their time."""
 
     __slots__ = ("_message",)
 
@@ -68,7 +46,7 @@ class _Read:
         self._message = message
 
     @property
-    def message(self) -> _Read:
+    def message(self) -> ReaderEvent:
         return self
 
     @property
@@ -179,7 +157,7 @@ class BatchReader:
             self._on_revoke([tp.partition for tp in partitions])
 
     async def next_batch(self, size: int, within: float, linger: float = 0.0
-                         ) -> list[Any]:
+                         ) -> list[ReaderEvent]:
         """Up to ``size`` records: waits at most ``within`` seconds for the first, then at most
         ``linger`` seconds for the batch to fill.
 
@@ -199,7 +177,7 @@ class BatchReader:
                 if error.code() != KafkaError._PARTITION_EOF:
                     raise RuntimeError(f"reading {self.topic}: {error.str()}")
                 continue
-            events.append(_Read(message))
+            events.append(ReaderEvent(message))
         return events
 
     def _take(self, size: int, within: float, linger: float) -> list[Any]:
