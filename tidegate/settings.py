@@ -19,10 +19,18 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, PrivateAttr, ValidationError, field_validator, model_validator
+from pydantic import (
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tidegate.errors import ConfigError
+from tidegate.signing import ControlKeys
 
 __all__ = ["ClientConfig", "LogFormat", "Settings", "load_settings", "security_config"]
 
@@ -104,6 +112,8 @@ class Settings(BaseSettings):
     compute_threads: int = Field(default=1, ge=1, le=256)
     accuracy_min_labels: int = Field(default=500, ge=1, le=2000)
     drift_min_events: int = Field(default=1000, ge=1)
+    control_key: SecretStr | None = None  # ID:SECRET[,ID:SECRET...]; unset: unauthenticated
+    control_max_age: float = Field(default=300.0, gt=0, le=86_400)
 
     @field_validator("topic_prefix")
     @classmethod
@@ -111,6 +121,16 @@ class Settings(BaseSettings):
         allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
         if not set(value) <= allowed:
             raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("control_key")
+    @classmethod
+    def _check_control_key(cls, value: SecretStr | None) -> SecretStr | None:
+        if value is not None:
+            try:
+                ControlKeys.parse(value.get_secret_value())
+            except ConfigError as exc:
+                raise ValueError(str(exc)) from exc
         return value
 
     @field_validator("broker_jvm_options")
@@ -136,6 +156,12 @@ class Settings(BaseSettings):
     def exactly_once(self) -> bool:
         """Whether stages commit outputs and input offsets in one Kafka transaction."""
         return self.processing_guarantee == "exactly_once"
+
+    @property
+    def control_keys(self) -> ControlKeys:
+        """The keys control commands are signed and verified with (none: unauthenticated)."""
+        key = self.control_key
+        return ControlKeys.parse(key.get_secret_value() if key is not None else None)
 
     @property
     def broker_dir(self) -> Path:
@@ -168,4 +194,5 @@ def load_settings() -> Settings:
                               ) from exc
         field = str(error["loc"][0])
         name = field if field.isupper() else "TIDEGATE_" + field.upper()
-        raise ConfigError(f"invalid setting {name}: {error['msg']}") from exc
+        message = error["msg"].removeprefix("Value error, ")
+        raise ConfigError(f"invalid setting {name}: {message}") from exc

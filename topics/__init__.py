@@ -46,6 +46,8 @@ class TopicSpec:
     value_schema: str | None = None
     dead_letter_of: str | None = None
     internal: bool = False
+    # the broker stamps each record when it appends it, so no writer can backdate one
+    log_append_time: bool = False
     description: str = ""
 
     def name(self, prefix: str) -> str:
@@ -53,7 +55,10 @@ class TopicSpec:
 
     def configs(self) -> dict[str, str]:
         """The topic-level configuration tidegate creates and checks."""
-        return {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+        configs = {"cleanup.policy": self.cleanup_policy, "retention.ms": str(self.retention_ms)}
+        if self.log_append_time:
+            configs["message.timestamp.type"] = "LogAppendTime"
+        return configs
 
 
 def _dead_letter(stage: str) -> TopicSpec:
@@ -101,8 +106,9 @@ HEALTH = TopicSpec(
 )
 CONTROL = TopicSpec(
     key="control", partitions=1, retention_ms=365 * _DAY_MS, cleanup_policy="compact",
-    value_schema="tidegate.ControlCommand",
-    description="control commands keyed by target, compacted: a restarted stage recovers its mode",
+    value_schema="tidegate.ControlCommand", log_append_time=True,
+    description="control commands keyed by target, compacted: a restarted stage recovers its "
+    "mode; stamped by the broker, so a signed command's age is the broker's to judge",
 )
 LABELS = TopicSpec(
     key="labels", partitions=3, retention_ms=30 * _DAY_MS, value_schema="tidegate.Label",
@@ -115,7 +121,8 @@ ALERTS = TopicSpec(
 
 AUDIT = TopicSpec(
     key="audit", partitions=1, retention_ms=365 * _DAY_MS,
-    description="one JSON record per operator action (a dead-letter replay): who, what, counts",
+    description="one JSON record per operator action (a command, a dead-letter replay) and per "
+    "command a stage refused: who, what, why",
 )
 
 _DLQ = {stage: _dead_letter(stage) for stage in ("ingest", "validation", "feature", "inference")}

@@ -82,6 +82,7 @@ SAMPLES: dict[str, dict[str, Any]] = {
     "tidegate.ControlCommand": {
         "id": "c-1", "target": "inference", "action": "degrade", "parameters": {"to": "fallback"},
         "reason": "primary model slow", "issuer": "monitoring", "time": T0,
+        "key_id": "k1", "signature": "ab" * 32,
     },
     "tidegate.Label": {"event_id": "e1", "label": False, "labelled_at": T0},
     "tidegate.Alert": {

@@ -194,8 +194,27 @@ def test_issue_command_writes_the_control_topic_and_an_audit_copy(
     (control, key, value), (audit, _, body) = FakeProducer.produced
     prefix = settings.topic_prefix
     assert (control, key, audit) == (f"{prefix}control", b"inference/threshold", f"{prefix}audit")
-    assert Codec().decode(value) == record
-    assert json.loads(body) == {"kind": "control", **record, "note": "x"}
+    unsigned = {**record, "key_id": None, "signature": None}  # no TIDEGATE_CONTROL_KEY
+    assert Codec().decode(value) == unsigned
+    assert json.loads(body) == {"kind": "control", **unsigned, "note": "x"}
+
+
+def test_issue_command_signs_with_the_first_control_key(
+        settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
+    from tidegate.codec import Codec
+    from tidegate.control import command
+    from tidegate.settings import load_settings
+    from tidegate.signing import CommandGate
+
+    FakeProducer.produced = []
+    monkeypatch.setattr("tidegate.models.lifecycle.Producer", FakeProducer)
+    monkeypatch.setenv("TIDEGATE_CONTROL_KEY", "k2:0123456789abcdef,k1:fedcba9876543210")
+    keyed = load_settings()
+    issue_command(keyed, command("ingest", "pause", reason="r", issuer="a"))
+    (_, _, value), _ = FakeProducer.produced
+    sent = Codec().decode(value)
+    assert sent["key_id"] == "k2"
+    assert CommandGate(keyed.control_keys).check(sent, offset=0, logged_ms=sent["time"]) is None
 
 
 def _run(argv: list[str], capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:

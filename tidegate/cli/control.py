@@ -1,4 +1,5 @@
-"""``tidegate control ...``: degrade, restore, pause, resume, shed and threshold, with a reason.
+"""``tidegate control ...``: degrade, restore, pause, resume, shed and threshold, with a reason;
+``ls`` the commands in force, ``keygen`` a key to sign them with.
 
 Example::
 
@@ -8,6 +9,7 @@ Example::
 from __future__ import annotations
 
 import getpass
+import secrets
 
 import click
 
@@ -17,6 +19,7 @@ from tidegate.kafka.clients import client_config
 from tidegate.kafka.scan import read_topic
 from tidegate.models.lifecycle import issue_command
 from tidegate.settings import load_settings
+from tidegate.signing import ControlKeys
 from tidegate.topics import DATA_STAGES, by_key
 
 __all__ = ["control"]
@@ -101,5 +104,20 @@ def ls() -> None:
     if not latest:
         click.echo("no commands: every stage runs normally")
     for key, record in sorted(latest.items()):
+        signed = f"signed {record['key_id']}" if record.get("signature") else "unsigned"
         click.echo(f"{key.decode():22} {record['action']:8} {record['parameters'] or ''} "
-                   f"by {record['issuer']}: {record['reason']}")
+                   f"by {record['issuer']} ({signed}): {record['reason']}")
+
+
+@control.command()
+@click.option("--id", "key_id", default="k1", show_default=True,
+              help="The key id, named in every command it signs (a new one for a rotation).")
+def keygen(key_id: str) -> None:
+    """Print a new random control key, as TIDEGATE_CONTROL_KEY takes it (ID:SECRET).
+
+    For a rotation, put the new key in front of the old one (NEW,OLD) in every process, then
+    drop the old one once no command signed with it is needed any more.
+    """
+    key = f"{key_id}:{secrets.token_urlsafe(32)}"
+    ControlKeys.parse(key)  # the id's characters, as the setting checks them
+    click.echo(key)

@@ -21,7 +21,7 @@ from tidegate.kafka.clients import client_config
 from tidegate.settings import Settings, load_settings
 from tidegate.topics import CATALOG, STAGE_ORDER, by_key
 
-__all__ = ["init", "status", "up"]
+__all__ = ["control_line", "init", "status", "up"]
 
 STAGES = STAGE_ORDER
 
@@ -167,6 +167,8 @@ def status(as_json: bool) -> None:
         if info["paused"]:
             click.echo(f"{stage} is paused: {info.get('pause_reason') or 'no reason given'}")
     click.echo(_summary(board))
+    if "control" in board:
+        click.echo(control_line(board["control"]))
     crisis = board.get("crisis")
     if crisis:
         levels = ", ".join(f"{stage} {level}" for stage, level in crisis["stages"].items()
@@ -184,6 +186,16 @@ def _board(settings: Settings) -> dict[str, Any]:
     except (OSError, urllib.error.URLError, ValueError) as exc:
         raise TidegateError(f"monitoring does not answer at {url}: {exc}") from exc
     return board
+
+
+def control_line(control: dict[str, Any]) -> str:
+    """How the stages authenticate control commands, as monitoring reports it."""
+    if not control.get("authenticated"):
+        return ("control commands: unauthenticated (TIDEGATE_CONTROL_KEY is not set: anyone "
+                "who can write the control topic steers the pipeline)")
+    refused = ", ".join(f"{reason} {n}" for reason, n in sorted(control["refused"].items()))
+    return (f"control commands: signed, HMAC-SHA256 with key {', '.join(control['key_ids'])}; "
+            f"refused: {refused or 'none'}")
 
 
 def _summary(board: dict[str, Any]) -> str:

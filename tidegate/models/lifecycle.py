@@ -43,6 +43,7 @@ from tidegate.models.shadow import (
     shadow_check,
 )
 from tidegate.settings import Settings
+from tidegate.signing import sign
 from tidegate.topics import CATALOG, by_key
 
 __all__ = [
@@ -70,9 +71,11 @@ def issue_command(settings: Settings, record: Mapping[str, Any], *,
                   audit: Mapping[str, Any] | None = None, timeout: float = 15.0) -> None:
     """Produce a :func:`tidegate.control.command` record to the compacted control topic and a
     JSON copy (plus ``audit``) to the audit topic; BrokerError unless both are acknowledged.
+    With ``TIDEGATE_CONTROL_KEY`` set, the command is signed with its first key.
 
     >>> issue_command(settings, command("inference", "restore", reason="fixed", issuer="bob"))
     """
+    record = sign(record, settings.control_keys)
     codec = Codec(registry_url=settings.schema_registry_url)
     topic = by_key("control").name(settings.topic_prefix)
     producer = Producer(client_config(settings, acks="all", log_level=3))

@@ -29,7 +29,7 @@ from typing import Any
 
 from tidegate.errors import CodecError, TidegateError
 from tidegate.kafka.clients import client_config
-from tidegate.kafka.reader import BatchReader
+from tidegate.kafka.reader import BatchReader, ReaderEvent
 from tidegate.models.lifecycle import issue_command, rollback
 from tidegate.models.registry import PRIMARY, ModelRegistry
 from tidegate.monitoring.analyst import Analyst, AnalystConfig
@@ -37,6 +37,7 @@ from tidegate.monitoring.status import StatusBoard
 from tidegate.outputs import Outgoing
 from tidegate.pipeline.feature import DRIFT_EXEMPT
 from tidegate.runtime.stage import StageRuntime
+from tidegate.signing import CommandGate
 from tidegate.topics import by_key
 
 __all__ = ["LazyJoin", "Oversight"]
@@ -44,7 +45,7 @@ __all__ = ["LazyJoin", "Oversight"]
 log = logging.getLogger(__name__)
 
 
-OnMessage = Callable[[bytes, bytes], None]
+OnMessage = Callable[[ReaderEvent], None]
 
 
 class LazyJoin:
@@ -97,13 +98,25 @@ class Oversight:
         self._alerts_topic = runtime.name(by_key("alerts"))
         self._encode_alert = runtime.codec.encoder("tidegate.Alert", topic=self._alerts_topic)
         self.join = LazyJoin(self.analyst, runtime.codec.decode)
-        self._follow("predictions", self.join.on_prediction)
+        # every command, whatever its target, checked as the stages check theirs: a refused
+        # one neither takes a condition out of monitoring's hands nor shows among the actions
+        self.gate = CommandGate(settings.control_keys, max_age=settings.control_max_age)
+        self._follow("predictions", lambda m: self.join.on_prediction(m.key or b"",
+                                                                      m.value or b""))
         self._follow("labels", self._decoded(self.join.on_label))
-        self._follow("control", self._decoded(self.analyst.on_command))
+        self._follow("control", self.on_control)
         self.reference(None)
 
     def _decoded(self, on_record: Callable[[Mapping[str, Any]], None]) -> OnMessage:
-        return lambda key, value: on_record(self.runtime.codec.decode(value))
+        return lambda message: on_record(self.runtime.codec.decode(message.value or b""))
+
+    def on_control(self, message: ReaderEvent) -> None:
+        """One control-topic record: the analyst hears it if the gate lets it pass."""
+        record = self.runtime.codec.decode(message.value or b"")
+        stamp = message.timestamp
+        if self.gate.check(record, offset=message.offset,
+                           logged_ms=round(stamp * 1000) if stamp else None) is None:
+            self.analyst.on_command(record)
 
     def _follow(self, key: str, on_message: OnMessage) -> None:
         """A task reading ``key``'s topic in batches with its own consumer group."""
@@ -118,7 +131,7 @@ class Oversight:
                     events = await reader.next_batch(runtime.settings.batch_size, 0.5)
                     for event in events:
                         try:
-                            on_message(event.message.key or b"", event.message.value or b"")
+                            on_message(event.message)
                         except (CodecError, KeyError, TypeError, ValueError) as exc:
                             runtime.metrics.record_error()  # one bad record: count it, go on
                             log.warning("unreadable %s record: %s", key, exc)
@@ -209,6 +222,10 @@ class Oversight:
                 return
 
     def snapshot(self) -> dict[str, Any]:
-        """The board plus crisis levels, alerts, drift, accuracy and actions."""
+        """The board plus crisis levels, alerts, drift, accuracy, actions and how commands are
+        authenticated (with the refusals monitoring saw, by reason)."""
         now = time.time()
-        return {**self.board.snapshot(now=now), **self.analyst.snapshot(now)}
+        keys = self.gate.keys
+        control = {"authenticated": keys.enabled, "key_ids": list(keys.ids),
+                   "refused": dict(self.gate.rejected)}
+        return {**self.board.snapshot(now=now), **self.analyst.snapshot(now), "control": control}

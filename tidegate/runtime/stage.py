@@ -17,6 +17,7 @@ A stage supplies one async handler, a one-way function from a batch of input eve
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import time
@@ -31,7 +32,7 @@ from tidegate.control import StageMode
 from tidegate.errors import BrokerError, CodecError
 from tidegate.kafka.clients import HOP_FETCH, client_config
 from tidegate.kafka.producer import Outbox
-from tidegate.kafka.reader import BatchReader, batch_messages, read_linger
+from tidegate.kafka.reader import BatchReader, ReaderEvent, batch_messages, read_linger
 from tidegate.kafka.scan import read_topic
 from tidegate.kafka.transactions import TransactionalOutbox
 from tidegate.outputs import Handler, Outgoing, Staged, messages
@@ -40,7 +41,7 @@ from tidegate.runtime.backpressure import LagProbe
 from tidegate.runtime.checkpoint import AtLeastOnce, Checkpoint, ExactlyOnce, deliver
 from tidegate.runtime.handling import Handling
 from tidegate.runtime.metrics import StageMetrics
-from tidegate.runtime.steering import Steering
+from tidegate.runtime.steering import Received, Steering, refusal_audit
 from tidegate.settings import Settings
 from tidegate.topics import STAGES, TopicSpec, by_key, downstream_of
 
@@ -76,6 +77,7 @@ class StageRuntime:
         self._handling: Handling | None = None
         self.app.timer(settings.health_interval)(self._emit_health)
         self.steering: Steering | None = None
+        self._audits: list[dict[str, Any]] = []  # refused commands, sent with the next health
 
     def follow_control(self) -> Steering:
         """Obey the control topic: recover the stage's mode now, then follow new commands.
@@ -87,28 +89,44 @@ class StageRuntime:
                                                on_change=self._report_steering)
         control = self.name(by_key("control"))
         try:
-            self._apply_commands([m.value() or b"" for m in
+            self._apply_commands([ReaderEvent(m) for m in
                                   read_topic(client_config(self.settings), control)])
         except BrokerError as exc:
             log.warning("could not read %s to recover the mode: %s", control, exc)
 
         async def follow_control(stream: Any) -> None:
             async for events in stream.take_events(100, within=0.2):
-                self._apply_commands([event.message.value for event in events])
+                self._apply_commands(events)
 
         self.app.agent(self.topic(by_key("control")), name="follow_control")(follow_control)
         self._watch_downstream(self.steering)
         return self.steering
 
-    def _apply_commands(self, values: Sequence[bytes]) -> None:
+    def _apply_commands(self, events: Sequence[Any]) -> None:
+        """Decode, check and apply control commands (Faust events or reader records); audit
+        each one the steering refuses."""
         assert self.steering is not None
-        records = []
-        for value in values:
+        received = []
+        for event in events:
+            message = event.message
             try:
-                records.append(self.codec.decode(value))
+                record = self.codec.decode(message.value or b"")
             except CodecError as exc:
                 log.warning("unreadable control command: %s", exc)
-        self.steering.apply_all(records)
+                continue
+            stamp = message.timestamp
+            received.append(Received(record, offset=message.offset,
+                                     logged_ms=round(stamp * 1000) if stamp else None))
+        refused = self.steering.receive(received)
+        for item, rejection in refused:
+            cmd = item.record
+            log.error("refused control command %s (%s %s by %s): %s, %s", cmd.get("id"),
+                      cmd.get("action"), cmd.get("target"), cmd.get("issuer"),
+                      rejection.reason, rejection.detail)
+            self._audits.append(refusal_audit(self.stage, item, rejection))
+        if refused:
+            self.metrics.extra["control_refused"] = str(sum(self.steering.gate.rejected.values()))
+            self.emit_health_soon()  # sends the audit records too
 
     def _watch_downstream(self, steering: Steering) -> None:
         """Every second, the lag of the stage that reads this one's output (if one of ours)."""
@@ -293,10 +311,15 @@ class StageRuntime:
         loop.create_task(self._emit_health())  # noqa: RUF006 -- fire and forget; it logs errors
 
     async def _emit_health(self) -> None:
+        audits, self._audits = self._audits, []
         try:
             event = self.metrics.snapshot(lag=self.lag())
             await self.deliver([Outgoing(topic=self.name(by_key("health")),
                                          key=self.stage.encode(),
-                                         value=self._health_encode(event))])
+                                         value=self._health_encode(event)),
+                                *(Outgoing(topic=self.name(by_key("audit")), key=b"control",
+                                           value=json.dumps(audit).encode())
+                                  for audit in audits)])
         except Exception:
+            self._audits[:0] = audits  # kept for the next try
             log.exception("could not emit a health event")

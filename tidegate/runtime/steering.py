@@ -3,11 +3,13 @@
 Pure state, no Kafka: the runtime feeds it control commands (recovered from the compacted
 control topic, then followed), the downstream lag and each batch's dead-letter count, and asks
 it whether to read. ``on_change`` hears every change, so the runtime can report it at once.
+Commands pass its ``CommandGate`` first: with a control key set, an unsigned, forged, expired
+or replayed command addressed to the stage is refused and the mode stays as it was.
 
 Example::
 
     steering = Steering.from_settings("validation", settings, on_change=report)
-    steering.apply(command)       # a decoded control command
+    steering.receive([Received(command, offset=12, logged_ms=stamp)])  # refusals, if any
     if not steering.blocked():
         ...                       # read the next batch
 """
@@ -16,16 +18,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from tidegate.control import StageMode
+from tidegate.control import SYSTEM, StageMode
 from tidegate.runtime.backpressure import LagValve
 from tidegate.runtime.guard import DeadLetterGuard
 from tidegate.settings import Settings
+from tidegate.signing import CommandGate, ControlKeys, Rejection
 
-__all__ = ["Steering", "SteeringReport"]
+__all__ = ["Received", "Steering", "SteeringReport", "refusal_audit"]
 
 log = logging.getLogger(__name__)
 
@@ -40,14 +44,25 @@ class SteeringReport:
     guard: str
 
 
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A decoded control command, where the topic holds it and when the broker logged it."""
+
+    record: Mapping[str, Any]
+    offset: int
+    logged_ms: int | None
+
+
 class Steering:
     """The stage's StageMode, dead-letter guard and lag valve, and whether they block input."""
 
     def __init__(self, stage: str, *, guard: DeadLetterGuard, valve: LagValve,
+                 gate: CommandGate | None = None,
                  on_change: Callable[[], None] | None = None) -> None:
         self.mode = StageMode(stage=stage)
         self.guard = guard
         self.valve = valve
+        self.gate = gate or CommandGate(ControlKeys())
         self.on_change = on_change
 
     @classmethod
@@ -57,7 +72,8 @@ class Steering:
             threshold=settings.dead_letter_rate_threshold, window=settings.dead_letter_rate_window,
             minimum=settings.dead_letter_rate_minimum, wait=settings.dead_letter_rate_wait)
         valve = LagValve(high=settings.backpressure_high, low=settings.backpressure_low)
-        return cls(stage, guard=guard, valve=valve, on_change=on_change)
+        gate = CommandGate(settings.control_keys, max_age=settings.control_max_age)
+        return cls(stage, guard=guard, valve=valve, gate=gate, on_change=on_change)
 
     def apply(self, record: Mapping[str, Any]) -> bool:
         """Apply one decoded control command; True when it changed the mode."""
@@ -74,6 +90,22 @@ class Steering:
         for record in records:
             self.apply(record)
         self._changed()
+
+    def receive(self, received: Sequence[Received]) -> list[tuple[Received, Rejection]]:
+        """Check each command addressed to this stage, apply those that pass, report once;
+        the refused ones, with why, for the log and the audit."""
+        refused, accepted = [], []
+        for item in received:
+            if item.record.get("target") not in (self.mode.stage, SYSTEM):
+                continue
+            rejection = self.gate.check(item.record, offset=item.offset,
+                                        logged_ms=item.logged_ms)
+            if rejection is None:
+                accepted.append(item.record)
+            else:
+                refused.append((item, rejection))
+        self.apply_all(accepted)
+        return refused
 
     def downstream_lag(self, lag: int) -> None:
         """The lag of the stage that reads this one's output, for the backpressure valve."""
@@ -117,3 +149,15 @@ class Steering:
             log.warning("%s: %s (%s)", self.mode.stage, self.guard.state, self.guard.reason())
         if self.on_change is not None:
             self.on_change()
+
+
+def refusal_audit(stage: str, item: Received, rejection: Rejection) -> dict[str, Any]:
+    """The audit topic's record of a refused command: which stage, why, and what it said."""
+    record = item.record
+    return {
+        "kind": "control-refused", "stage": stage, "reason": rejection.reason,
+        "detail": rejection.detail, "offset": item.offset, "logged_ms": item.logged_ms,
+        "time": int(time.time() * 1000),
+        "command": {key: record.get(key) for key in ("id", "target", "action", "parameters",
+                                                      "reason", "issuer", "time", "key_id")},
+    }
