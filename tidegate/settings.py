@@ -101,9 +101,11 @@ class Settings(BaseSettings):
     breaker_wait_seconds: float = Field(default=10.0, gt=0)
     backpressure_high: int = Field(default=200, ge=1)
     backpressure_low: int = Field(default=50, ge=0)
-    dead_letter_rate_threshold: float = Field(default=0.5, gt=0, le=1)
+    # The guard is for storms: a threshold near a normal bad-record rate, or a handful of
+    # records, would pause healthy ingestion on noise, so neither may be set that low.
+    dead_letter_rate_threshold: float = Field(default=0.5, ge=0.05, le=1)
     dead_letter_rate_window: float = Field(default=10.0, gt=0)
-    dead_letter_rate_minimum: int = Field(default=200, ge=1)
+    dead_letter_rate_minimum: int = Field(default=200, ge=20)
     dead_letter_rate_wait: float = Field(default=10.0, gt=0)
     breaker_slow_call_seconds: float = Field(default=1.0, gt=0)
     dedupe_window_seconds: float = Field(default=3600.0, gt=0)

@@ -85,3 +85,57 @@ def test_backpressure_pauses_above_high_and_resumes_under_low() -> None:
     s.downstream_lag(50)
     assert not s.blocked()
     assert changes == ["changed", "changed"]
+
+
+def _health(stage: str, guard: str, at_ms: int) -> dict[str, object]:
+    return {"stage": stage, "time": at_ms, "breakers": {"dead-letters": guard},
+            "pause_reason": "dead-letter rate 97% reached 50%" if guard != "closed" else None}
+
+
+NOW_MS = 1_000_000_000
+
+
+def test_a_guard_left_open_by_the_previous_process_starts_open_and_probes() -> None:
+    clock = Clock()
+    s = steering(clock, [])
+    history = [_health("validation", "closed", NOW_MS - 9000),
+               _health("feature", "closed", NOW_MS - 500),
+               _health("validation", "open", NOW_MS - 2000)]
+    assert s.recover_guard(history, now_ms=NOW_MS, max_age_ms=60_000)
+    assert s.blocked() and s.report().guard == "open"
+    assert "when the previous process stopped" in (s.report().pause_reason or "")
+    clock.now = 6.0
+    assert not s.blocked()  # the probe after the guard's wait, as for a storm of its own
+    s.record_batch(records=50, dead=0)
+    assert s.report().guard == "closed"
+    assert s.report().pause_reason is None
+
+
+@pytest.mark.parametrize("history", [
+    [],  # a first start
+    [_health("validation", "open", NOW_MS - 9000), _health("validation", "closed", NOW_MS - 1)],
+    [_health("validation", "open", NOW_MS - 61_000)],  # too old to be the same storm
+    [_health("feature", "open", NOW_MS - 1000)],  # another stage's guard
+])
+def test_a_closed_stale_or_foreign_guard_report_leaves_the_guard_closed(
+        history: list[dict[str, object]]) -> None:
+    s = steering(Clock(), [])
+    assert not s.recover_guard(history, now_ms=NOW_MS, max_age_ms=60_000)
+    assert not s.blocked()
+
+
+def test_an_operator_resume_after_the_storm_wins_over_its_report() -> None:
+    s = steering(Clock(), [])
+    resume = {**command("validation", "resume", reason="fixed", issuer="ops"),
+              "time": NOW_MS - 1000}
+    s.apply_all([resume])
+    history = [_health("validation", "open", NOW_MS - 2000)]
+    assert not s.recover_guard(history, now_ms=NOW_MS, max_age_ms=60_000)
+    assert not s.blocked()
+    # a resume older than the report does not: the storm came after it
+    s2 = steering(Clock(), [])
+    s2.apply_all([{**resume, "time": NOW_MS - 3000}])
+    assert s2.recover_guard(history, now_ms=NOW_MS, max_age_ms=60_000)
+    # and a resume sent after the restart closes the inherited guard
+    s2.apply_all([command("validation", "resume", reason="storm over", issuer="ops")])
+    assert not s2.blocked()

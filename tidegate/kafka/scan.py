@@ -34,11 +34,12 @@ __all__ = ["Message", "read_topic"]
 
 def read_topic(
     config: ClientConfig, topic: str, *, from_beginning: bool = True, follow: bool = False,
-    limit: int | None = None, idle_timeout: float = 10.0,
+    limit: int | None = None, idle_timeout: float = 10.0, tail: int | None = None,
 ) -> Iterator[Message]:
     """Messages of ``topic``; without ``follow``, stop at the end it had when reading began.
 
-    ``idle_timeout`` bounds how long reading waits for a message it knows exists.
+    ``tail`` starts each partition that many messages before its end instead of at the
+    beginning. ``idle_timeout`` bounds how long reading waits for a message it knows exists.
     """
     consumer = Consumer({**CONSUMER_DEFAULTS, **config, "group.id": "tidegate-reader",
                          "enable.partition.eof": True})
@@ -55,7 +56,9 @@ def read_topic(
         ends = {p: _watermarks(consumer, TopicPartition(topic, p)) for p in partitions}
         open_parts = {p for p, (low, high) in ends.items()
                       if follow or (high > low and from_beginning)}
-        consumer.assign([TopicPartition(topic, p, start) for p in partitions])
+        consumer.assign([TopicPartition(topic, p, start if tail is None or not from_beginning
+                                        else max(ends[p][0], ends[p][1] - tail))
+                         for p in partitions])
         yielded = 0
         quiet_since = time.monotonic()
         while open_parts or follow:

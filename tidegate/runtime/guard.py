@@ -5,7 +5,8 @@ reaches ``threshold`` (an upstream team shipped a bad schema), the guard opens: 
 and the records wait in Kafka. After ``wait`` seconds one probe batch goes through (half-open):
 if its share is under the threshold the guard closes, otherwise it opens again. So a storm of bad
 records drains one batch per ``wait`` instead of at full speed, and the good records behind it
-flow again once the storm has passed.
+flow again once the storm has passed. A restarted stage starts open when its predecessor's last
+health event said open (see ``Steering.recover_guard``), so a crash mid-storm does not reset it.
 
 Example::
 
@@ -37,6 +38,7 @@ class DeadLetterGuard:
         self.state: GuardState = "closed"
         self.opened_at = 0.0
         self.last_share = 0.0
+        self.carried = False  # open because the previous process was, not by this one's counts
 
     def record(self, *, records: int, dead: int) -> None:
         """One processed batch: how many records it held and how many were dead-lettered."""
@@ -48,7 +50,7 @@ class DeadLetterGuard:
             if self.last_share >= self.threshold:
                 self._open(now)
             else:
-                self.state = "closed"
+                self.state, self.carried = "closed", False
             return
         self._batches.append((now, records, dead))
         while self._batches and self._batches[0][0] < now - self.window:
@@ -60,7 +62,7 @@ class DeadLetterGuard:
             self._open(now)
 
     def _open(self, now: float) -> None:
-        self.state, self.opened_at = "open", now
+        self.state, self.opened_at, self.carried = "open", now, False
         self._batches.clear()
 
     def blocked(self) -> bool:
@@ -69,11 +71,19 @@ class DeadLetterGuard:
             self.state = "half_open"
         return self.state == "open"
 
+    def restore_open(self) -> None:
+        """Start open, as a predecessor left it mid-storm: probe after ``wait``, do not flood."""
+        self._open(self._clock())
+        self.carried = True
+
     def reset(self) -> None:
         """Close, forgetting the window (an operator resumed the stage)."""
-        self.state = "closed"
+        self.state, self.carried = "closed", False
         self._batches.clear()
 
     def reason(self) -> str:
+        if self.carried:
+            return (f"dead-letter rate at or over {self.threshold:.0%} when the previous process "
+                    f"stopped: paused, probing every {self.wait:g} s")
         return (f"dead-letter rate {self.last_share:.0%} reached {self.threshold:.0%}: "
                 f"paused, probing every {self.wait:g} s")

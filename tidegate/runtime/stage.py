@@ -49,6 +49,11 @@ __all__ = ["StageRuntime"]
 
 log = logging.getLogger(__name__)
 
+_HEALTH_TAIL = 500  # health records read back at start: minutes of every stage's reports
+# How old a guard report may be and still reopen the guard: a wrong reopening costs one wait
+# and a probe batch, a forgotten storm a batch of dead letters per restart.
+_GUARD_MEMORY_MS = 600_000
+
 
 class StageRuntime:
     """One stage's Faust app, its topics, its metrics and the batch loop around its handler."""
@@ -93,6 +98,7 @@ class StageRuntime:
                                   read_topic(client_config(self.settings), control)])
         except BrokerError as exc:
             log.warning("could not read %s to recover the mode: %s", control, exc)
+        self._recover_guard(self.steering)
 
         async def follow_control(stream: Any) -> None:
             async for events in stream.take_events(100, within=0.2):
@@ -101,6 +107,20 @@ class StageRuntime:
         self.app.agent(self.topic(by_key("control")), name="follow_control")(follow_control)
         self._watch_downstream(self.steering)
         return self.steering
+
+    def _recover_guard(self, steering: Steering) -> None:
+        """Start with the dead-letter guard open if the previous process left it so: the tail of
+        the health topic holds its last reports (after the control commands, so a later resume
+        wins)."""
+        health = self.name(by_key("health"))
+        try:
+            events = [self.codec.decode(m.value() or b"") for m in read_topic(
+                client_config(self.settings), health, tail=_HEALTH_TAIL)
+                if m.key() == self.stage.encode()]
+        except (BrokerError, CodecError) as exc:
+            log.warning("could not read %s to recover the dead-letter guard: %s", health, exc)
+            return
+        steering.recover_guard(events, now_ms=int(time.time() * 1000), max_age_ms=_GUARD_MEMORY_MS)
 
     def _apply_commands(self, events: Sequence[Any]) -> None:
         """Decode, check and apply control commands (Faust events or reader records); audit

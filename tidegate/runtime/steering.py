@@ -107,6 +107,28 @@ class Steering:
         self.apply_all(accepted)
         return refused
 
+    def recover_guard(self, health: Sequence[Mapping[str, Any]], *, now_ms: int,
+                      max_age_ms: int) -> bool:
+        """Reopen the dead-letter guard if this stage's newest health event (of ``health``, in
+        topic order), at most ``max_age_ms`` old, reported it open or half-open, unless an
+        operator's resume came after that event. True when it reopened."""
+        mine = [event for event in health if event.get("stage") == self.mode.stage]
+        if not mine:
+            return False
+        last = mine[-1]
+        state = (last.get("breakers") or {}).get("dead-letters", "closed")
+        if state == "closed" or now_ms - int(last["time"]) > max_age_ms:
+            return False
+        flow = self.mode.last.get("flow")
+        if flow is not None and flow["action"] == "resume" and int(flow["time"]) >= last["time"]:
+            return False  # the operator resumed after the storm: their word wins
+        self.guard.restore_open()
+        log.warning("%s: the dead-letter guard was %s when the previous process stopped "
+                    "(%s); starting paused, probing after %g s", self.mode.stage, state,
+                    last.get("pause_reason") or "no reason", self.guard.wait)
+        self._changed()
+        return True
+
     def downstream_lag(self, lag: int) -> None:
         """The lag of the stage that reads this one's output, for the backpressure valve."""
         before = self.valve.paused
