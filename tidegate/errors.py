@@ -24,6 +24,7 @@ __all__ = [
     "InvalidUtf8Error",
     "MalformedAvroError",
     "ModelArtifactError",
+    "ModelArtifactTamperedError",
     "ModelNotFoundError",
     "NotAnObjectError",
     "RegistryError",
@@ -197,6 +198,12 @@ class ModelArtifactError(RegistryError):
     """A model artifact or its metadata is corrupt or cannot be loaded."""
 
     code = "MODEL_ARTIFACT"
+
+
+class ModelArtifactTamperedError(ModelArtifactError):
+    """An artifact is not the registered one: hash differs or is missing, or its path escapes."""
+
+    code = "MODEL_ARTIFACT_TAMPERED"
 
 
 class RollbackUnavailableError(RegistryError):

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ from tidegate.batches import Batch
 from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.codec import Codec
 from tidegate.control import StageMode, command
-from tidegate.errors import ScoringError
+from tidegate.errors import ModelArtifactTamperedError, ScoringError
 from tidegate.models.registry import ModelRegistry, ModelVersion
 from tidegate.models.scoring import ModelScorer, Scorer, StaticScorer
 from tidegate.models.training import FALLBACK, PRIMARY
@@ -338,6 +339,38 @@ def test_a_missing_version_keeps_the_current_model_counts_an_error_and_retries_l
     assert switch.sync(mode) is None, "retried at once instead of after retry_after"
     now[0] = 31.0
     assert switch.sync(mode) == "v9"
+
+
+def _tamper(registry: ModelRegistry, name: str, version: str) -> None:
+    artifact = registry.root / name / version / "model.joblib"
+    artifact.write_bytes(artifact.read_bytes() + b"\0")  # one byte more: still a pickle
+
+
+def test_a_tampered_pinned_version_is_a_failed_load_and_the_current_model_serves(
+        switch_registry: ModelRegistry, caplog: pytest.LogCaptureFixture) -> None:
+    scoring = ScoringChain.from_registry(switch_registry)
+    errors: list[tuple[str, Exception]] = []
+    switch = PrimarySwitch(switch_registry, scoring,
+                           on_error=lambda version, exc: errors.append((version, exc)))
+    _tamper(switch_registry, PRIMARY, "v2")
+    matrix = np.zeros((3, WIDTH))
+    with caplog.at_level(logging.ERROR, logger="tidegate.pipeline.inference"):
+        switch.switch_now(_mode(_pin("promote", "v2")))
+    assert [(v, type(e)) for v, e in errors] == [("v2", ModelArtifactTamperedError)]
+    assert "checksum mismatch" in caplog.text and "still serving v1" in caplog.text
+    result = scoring.score(matrix)  # every event still gets its prediction, from v1
+    assert (switch.served, result.version, result.path) == ("v1", f"{PRIMARY}:v1", "primary")
+    assert len(predictions(envelopes(3), result)) == 3
+
+
+def test_a_tampered_production_model_stops_the_stage_at_start_with_one_line(
+        switch_registry: ModelRegistry) -> None:
+    _tamper(switch_registry, FALLBACK, "v1")
+    # fatal like any unloadable production model: the stage exits before it consumes, so no
+    # event is read, committed or lost; the supervisor restarts it and alerts
+    with pytest.raises(ModelArtifactTamperedError, match="checksum mismatch") as info:
+        ScoringChain.from_registry(switch_registry)
+    assert "\n" not in str(info.value)
 
 
 def test_refresh_loads_in_a_thread_while_the_current_model_goes_on_serving(

@@ -1,10 +1,11 @@
-"""``tidegate model train|ls|promote|rollback``: versions in the file-based registry.
+"""``tidegate model train|ls|promote|rollback|seal``: versions in the file-based registry.
 
 Example::
 
     tidegate model train --candidate --seed 8           # new versions wait as candidates
     tidegate model promote fraud-primary v2 --reason "retrained"    # shadow check first
     tidegate model rollback fraud-primary --reason "alert rate doubled"
+    tidegate model seal fraud-primary v1 --reason "metadata from before hashes; file checked"
 """
 
 from __future__ import annotations
@@ -33,7 +34,12 @@ _DEFAULTS = Tolerances()
 
 @click.group()
 def model() -> None:
-    """Train, list, promote and roll back model versions."""
+    """Train, list, promote, roll back and seal model versions."""
+
+
+def _short_hash(version: ModelVersion) -> str:
+    """The first 12 hex digits of the artifact's SHA-256; ``unsealed`` when none is recorded."""
+    return f"sha256:{version.sha256[:12]}" if version.sha256 else "unsealed"
 
 
 def _describe(version: ModelVersion) -> str:
@@ -75,12 +81,13 @@ def train(events: int, seed: int, candidate: bool, bad: bool) -> None:
 
 @model.command(name="ls")
 def ls() -> None:
-    """List every model version with its stage and metrics."""
+    """List every model version with its stage, metrics and artifact hash (short)."""
     registry = ModelRegistry(load_settings().registry_dir)
     for name in registry.names():
         for version in registry.list(name):
             auc = version.metrics.get("roc_auc", float("nan"))
-            click.echo(f"{name}:{version.version:6} {version.stage:10} roc_auc={auc:.4f}")
+            click.echo(f"{name}:{version.version:6} {version.stage:10} roc_auc={auc:.4f} "
+                       f"{_short_hash(version)}")
 
 
 @model.command(name="promote")
@@ -131,3 +138,16 @@ def rollback_command(name: str, reason: str) -> None:
     click.echo(f"{name}: {done.previous} -> {done.version.version} is production" + (
         f"; inference switches (command {done.command['id']})" if done.command
         else "; inference serves it from its next start"))
+
+
+@model.command(name="seal")
+@click.argument("name")
+@click.argument("version")
+@_REASON
+def seal_command(name: str, version: str, reason: str) -> None:
+    """Record the artifact hash of VERSION of NAME when its metadata has none.
+
+    Inference refuses an unsealed artifact; seal it only after checking the file is the one
+    trained. A version that has a hash cannot be sealed again."""
+    sealed = ModelRegistry(load_settings().registry_dir).seal(name, version, reason=reason)
+    click.echo(f"{name}:{sealed.version} sealed ({_short_hash(sealed)})")

@@ -1,7 +1,10 @@
 """A file-based model registry: versioned artifacts with metadata, promotion and rollback.
 
 Layout: ``<root>/<name>/<version>/{model.joblib,metadata.json}`` plus ``<root>/history.json``, a
-bounded audit log of promotions and rollbacks. model.joblib is a pickle: trusted input only.
+bounded audit log of promotions, rollbacks and seals. model.joblib is a pickle, so it is
+unpickled only from inside the registry root and only when its SHA-256 matches the one recorded
+at register time (:mod:`tidegate.models.integrity`); names and versions are checked wherever
+they enter.
 Versions ``v1``, ``v2``, ... are claimed with an atomic ``mkdir``; metadata.json is written last,
 so a version directory without it is an unfinished write and is ignored. Every write goes to a
 temporary file moved into place with ``os.replace``; changes of stage hold a lock file.
@@ -25,10 +28,10 @@ import builtins
 import contextlib
 import fcntl
 import hashlib
+import io
 import json
 import logging
 import os
-import re
 import threading
 import time
 import uuid
@@ -43,11 +46,22 @@ import joblib
 import numpy as np
 
 from tidegate.errors import (
+    ConfigError,
     ModelArtifactError,
     ModelNotFoundError,
     RegistryError,
     RegistryNotFoundError,
     RollbackUnavailableError,
+)
+from tidegate.models.integrity import (
+    ARTIFACT,
+    METADATA,
+    check_name,
+    check_version,
+    contained,
+    read_verified,
+    valid_name,
+    version_number,
 )
 
 __all__ = [
@@ -59,8 +73,6 @@ Stage = Literal["production", "candidate", "archived"]
 # The models inference serves: its primary and its fallback (the example trains both).
 PRIMARY = "fraud-primary"
 FALLBACK = "fraud-fallback"
-_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
-_VERSION = re.compile(r"^v([1-9][0-9]*)$")
 _HISTORY_MAX = 1000
 _log = logging.getLogger(__name__)
 
@@ -80,7 +92,7 @@ class ModelVersion:
     parent: str | None = None
     promoted_ms: int | None = None
     rolled_back: bool = False
-    sha256: str = ""
+    sha256: str = ""  # of model.joblib; "" in metadata from before hashes: refused by load()
     params: dict[str, Any] = field(default_factory=dict)
 
 
@@ -132,9 +144,12 @@ class ModelRegistry:
         self._mutex = threading.Lock()
 
     def _model_dir(self, name: str) -> Path:
-        if not _NAME.match(name):
-            raise ModelNotFoundError(f"invalid model name {name!r}")
-        return self._existing_root() / name
+        return self._existing_root() / check_name(name)
+
+    def _file(self, name: str, version: str, filename: str) -> Path:
+        """A file of one version, resolved; ModelArtifactTamperedError if it leaves the root."""
+        path = self._model_dir(name) / check_version(name, version) / filename
+        return contained(self.root, path)
 
     def _existing_root(self) -> Path:
         if not self.root.is_dir():
@@ -144,7 +159,7 @@ class ModelRegistry:
     def names(self) -> builtins.list[str]:
         """Names of the registered models."""
         root = self._existing_root()
-        return sorted(p.name for p in root.iterdir() if p.is_dir() and _NAME.match(p.name))
+        return sorted(p.name for p in root.iterdir() if p.is_dir() and valid_name(p.name))
 
     @contextmanager
     def _locked(self) -> Iterator[None]:
@@ -157,36 +172,35 @@ class ModelRegistry:
                  feature_names: Sequence[str], threshold: float,
                  reference: Mapping[str, dict[str, list[float]]], parent: str | None = None,
                  params: Mapping[str, Any] | None = None) -> ModelVersion:  # fmt: skip
-        """Store ``model`` as the next version of ``name``, stage ``candidate``."""
+        """Store ``model`` as the next version of ``name``, stage ``candidate``, with its hash."""
+        check_name(name)
+        if parent is not None:
+            check_version(name, parent)
         self.root.mkdir(parents=True, exist_ok=True)
         model_dir = self._model_dir(name)
+        contained(self.root, model_dir)  # a symlinked model folder must not take the write out
         model_dir.mkdir(exist_ok=True)
-        number = max((self._number(p.name) for p in model_dir.iterdir()), default=0) + 1
+        number = max((version_number(p.name) for p in model_dir.iterdir()), default=0) + 1
         while True:  # mkdir is the atomic claim on a version number among writers
             with contextlib.suppress(FileExistsError):
                 (path := model_dir / f"v{number}").mkdir()
                 break
             number += 1
         joblib.dump(model, tmp := path / f".model.{uuid.uuid4().hex}.tmp")
-        os.replace(tmp, path / "model.joblib")
+        digest = _sha256(tmp)  # the bytes this writer wrote, before anyone can see them
+        os.replace(tmp, path / ARTIFACT)
         mv = ModelVersion(
             name=name, version=f"v{number}", created_ms=time.time_ns() // 1_000_000,
             stage="candidate", metrics={k: float(v) for k, v in metrics.items()},
             feature_names=tuple(feature_names), threshold=float(threshold),
-            reference=dict(reference), parent=parent, sha256=_sha256(path / "model.joblib"),
-            params=dict(params or {}),
+            reference=dict(reference), parent=parent, sha256=digest, params=dict(params or {}),
         )  # fmt: skip
         self._write_meta(mv)
         return mv
 
-    @staticmethod
-    def _number(version: str) -> int:
-        match = _VERSION.match(version)
-        return int(match.group(1)) if match else 0
-
     def _write_meta(self, mv: ModelVersion) -> None:
         body = json.dumps(asdict(mv), indent=2, sort_keys=True, allow_nan=False)
-        _write_atomic(self.root / mv.name / mv.version / "metadata.json", body.encode())
+        _write_atomic(self._file(mv.name, mv.version, METADATA), body.encode())
 
     def list(self, name: str) -> builtins.list[ModelVersion]:
         """Every complete version of ``name``, oldest first (empty if none)."""
@@ -194,7 +208,7 @@ class ModelRegistry:
         if not model_dir.is_dir():
             return []
         found = []
-        for number in sorted(n for p in model_dir.iterdir() if (n := self._number(p.name))):
+        for number in sorted(n for p in model_dir.iterdir() if (n := version_number(p.name))):
             try:
                 mv = self._read_meta(name, f"v{number}")
             except ModelArtifactError as exc:  # one broken old version must not block serving
@@ -205,20 +219,25 @@ class ModelRegistry:
         return found
 
     def _read_meta(self, name: str, version: str) -> ModelVersion | None:
-        path = self.root / name / version / "metadata.json"
+        path = self._file(name, version, METADATA)
         if not path.is_file():
             return None
         try:
             values = {k: v for k, v in json.loads(path.read_text()).items() if k in _FIELDS}
             values["feature_names"] = tuple(values["feature_names"])
+            # metadata names the files later writes go to: a copied or edited one must not
+            # redirect them, nor hand load() a hash of the wrong type
+            if (values["name"], values["version"]) != (name, version):
+                raise ValueError(f"it describes {values['name']!r} {values['version']!r}")
+            if not isinstance(values.get("sha256", ""), str):
+                raise TypeError("sha256 is not a string")
             return ModelVersion(**values)
         except (OSError, ValueError, TypeError, KeyError, AttributeError) as exc:
             raise ModelArtifactError(f"bad metadata for {name} {version}: {exc}") from exc
 
     def get(self, name: str, version: str) -> ModelVersion:
-        """Metadata of one version; ModelNotFoundError if it does not exist."""
-        self._model_dir(name)
-        mv = self._read_meta(name, version) if _VERSION.match(version) else None
+        """Metadata of one version; ModelNotFoundError if it does not exist or is no version."""
+        mv = self._read_meta(name, version)
         if mv is None:
             raise ModelNotFoundError(f"model {name} has no version {version!r} in {self.root}")
         return mv
@@ -274,8 +293,32 @@ class ModelRegistry:
         self._append_history(entry)
         return live
 
+    def seal(self, name: str, version: str, *, reason: str) -> ModelVersion:
+        """Record the SHA-256 of an artifact whose metadata has none, after an operator checked it.
+
+        A version that already has a hash is refused: a changed artifact is a new version.
+        """
+        if not reason.strip():
+            raise ConfigError("sealing needs a reason, for the audit trail")
+        with self._locked():
+            mv = self.get(name, version)
+            if mv.sha256:
+                raise RegistryError(f"{name} {version} is sealed already; register a changed "
+                                    "artifact as a new version")  # fmt: skip
+            try:
+                digest = _sha256(self._file(name, version, ARTIFACT))
+            except OSError as exc:
+                raise ModelArtifactError(f"cannot read the artifact of {name} {version}: {exc}"
+                                         ) from exc
+            sealed = replace(mv, sha256=digest)
+            self._write_meta(sealed)
+            self._append_history({"time_ms": time.time_ns() // 1_000_000, "name": name,
+                                  "action": "seal", "version": version, "previous": [],
+                                  "sha256": sealed.sha256, "reason": reason})  # fmt: skip
+            return sealed
+
     def history(self) -> builtins.list[dict[str, Any]]:
-        """The registry-level log of promotions and rollbacks, oldest first."""
+        """The registry-level log of promotions, rollbacks and seals, oldest first."""
         path = self.root / "history.json"
         try:
             entries = json.loads(path.read_text()) if path.is_file() else []
@@ -288,21 +331,24 @@ class ModelRegistry:
         _write_atomic(self.root / "history.json", json.dumps(entries, indent=1).encode())
 
     def load(self, name: str, version: str) -> Any:
-        """The fitted model of one version (checksum verified, cached)."""
-        key = (name, version)
+        """The fitted model of one version, cached; unpickled only once its hash matches.
+
+        ModelArtifactTamperedError when the artifact's SHA-256 differs from the recorded one,
+        none was recorded, or its path leaves the registry; ModelArtifactError when it is
+        intact but does not unpickle.
+        """
+        key = (check_name(name), check_version(name, version))
         with self._mutex:
             if key in self._cache:
                 self._cache.move_to_end(key)  # least recently used goes first
                 return self._cache[key]
         mv = self.get(name, version)
-        path = self.root / name / version / "model.joblib"
+        data = read_verified(self._file(name, version, ARTIFACT), expected=mv.sha256,
+                             what=f"{name} {version}")  # fmt: skip
         try:
-            intact = _sha256(path) == mv.sha256
-            model = joblib.load(path) if intact else None
+            model = joblib.load(io.BytesIO(data))  # the verified bytes, not the file again
         except Exception as exc:  # unpickling can raise anything; all mean a broken artifact
             raise ModelArtifactError(f"cannot load {name} {version}: {exc}") from exc
-        if not intact:
-            raise ModelArtifactError(f"checksum mismatch for {name} {version} at {path}")
         with self._mutex:
             self._cache[key] = model
             while len(self._cache) > self._cache_size:
