@@ -23,6 +23,7 @@ from pydantic import Field, PrivateAttr, ValidationError, field_validator, model
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tidegate.errors import ConfigError
+from tidegate.topics import DATA_STAGES
 
 __all__ = ["ClientConfig", "LogFormat", "Settings", "load_settings", "security_config"]
 
@@ -104,6 +105,8 @@ class Settings(BaseSettings):
     compute_threads: int = Field(default=1, ge=1, le=256)
     accuracy_min_labels: int = Field(default=500, ge=1, le=2000)
     drift_min_events: int = Field(default=1000, ge=1)
+    # a chaos drill: "<stage>:<partition>" freezes that input partition once (models.faults)
+    fault_freeze_partition: str = ""
 
     @field_validator("topic_prefix")
     @classmethod
@@ -111,6 +114,15 @@ class Settings(BaseSettings):
         allowed = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789._-")
         if not set(value) <= allowed:
             raise ValueError("may hold only letters, digits, '.', '_' and '-'")
+        return value
+
+    @field_validator("fault_freeze_partition")
+    @classmethod
+    def _check_freeze(cls, value: str) -> str:
+        stage, _, partition = value.partition(":")
+        if value and (stage not in DATA_STAGES or not partition.isdigit()):
+            raise ValueError(f"must be <stage>:<partition>, the stage one of "
+                             f"{', '.join(DATA_STAGES)}")
         return value
 
     @field_validator("broker_jvm_options")
