@@ -31,6 +31,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tidegate.errors import ConfigError
 from tidegate.signing import ControlKeys
+from tidegate.topics import DATA_STAGES
 
 __all__ = ["ClientConfig", "LogFormat", "Settings", "load_settings", "security_config"]
 
@@ -116,6 +117,8 @@ class Settings(BaseSettings):
     drift_min_events: int = Field(default=1000, ge=1)
     control_key: SecretStr | None = None  # ID:SECRET[,ID:SECRET...]; unset: unauthenticated
     control_max_age: float = Field(default=300.0, gt=0, le=86_400)
+    # a chaos drill: "<stage>:<partition>" freezes that input partition once (models.faults)
+    fault_freeze_partition: str = ""
 
     @field_validator("topic_prefix")
     @classmethod
@@ -133,6 +136,15 @@ class Settings(BaseSettings):
                 ControlKeys.parse(value.get_secret_value())
             except ConfigError as exc:
                 raise ValueError(str(exc)) from exc
+        return value
+
+    @field_validator("fault_freeze_partition")
+    @classmethod
+    def _check_freeze(cls, value: str) -> str:
+        stage, _, partition = value.partition(":")
+        if value and (stage not in DATA_STAGES or not partition.isdigit()):
+            raise ValueError(f"must be <stage>:<partition>, the stage one of "
+                             f"{', '.join(DATA_STAGES)}")
         return value
 
     @field_validator("broker_jvm_options")

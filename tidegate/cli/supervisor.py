@@ -42,6 +42,7 @@ class Child:
     crashes: list[float] = field(default_factory=list)
     next_start: float = 0.0
     gave_up: bool = False
+    kill_at: float | None = None  # asked to stop for a restart: SIGKILL if still there then
 
 
 class Supervisor:
@@ -68,6 +69,7 @@ class Supervisor:
                 [*death_signal_prefix(True), *child.command], stdout=out,
                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
             )
+        child.kill_at = None
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
     def poll(self, now: float | None = None) -> None:
@@ -75,6 +77,11 @@ class Supervisor:
         now = time.monotonic() if now is None else now
         for child in self.children.values():
             process = child.process
+            if process is not None and child.kill_at is not None and now >= child.kill_at \
+                    and process.poll() is None:
+                log.warning("%s did not stop within its grace; killing it", child.name)
+                process.kill()
+                process.wait(5)
             if process is not None and process.poll() is not None:
                 child.process = None
                 child.crashes = [t for t in child.crashes if now - t < self.crash_window]
@@ -92,12 +99,22 @@ class Supervisor:
                 child.restarts += 1
                 self._spawn(child)
 
-    def restart(self, name: str, reason: str) -> None:
-        """Kill a stage (it is restarted by ``poll``), e.g. when it is stalled."""
+    def restart(self, name: str, reason: str, *, grace: float | None = None) -> None:
+        """Kill a stage (it is restarted by ``poll``), e.g. when it is stalled.
+
+        With ``grace``, SIGTERM first: the stage commits what it delivered and leaves its
+        consumer group, so its partitions move to the new process at once rather than after
+        the session timeout; ``poll`` sends SIGKILL if it is still there ``grace`` s later.
+        """
         child = self.children[name]
-        if child.process is not None:
-            log.warning("restarting %s: %s", name, reason)
+        if child.process is None or child.kill_at is not None:
+            return  # not running, or already on its way out
+        log.warning("restarting %s: %s", name, reason)
+        if grace is None:
             child.process.kill()
+        else:
+            child.process.send_signal(signal.SIGTERM)
+            child.kill_at = time.monotonic() + grace
 
     def pids(self) -> dict[str, int | None]:
         return {name: c.process.pid if c.process else None for name, c in self.children.items()}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import signal
 import sys
 import threading
@@ -13,17 +14,32 @@ from typing import Any
 
 import click
 
-from tidegate.cli.watchdog import HealthWatch, StallDetector
+from tidegate.cli.partitions import PartitionStallDetector, stall_alert
+from tidegate.cli.supervisor import Supervisor
+from tidegate.cli.watchdog import AlertSender, HealthWatch, StallDetector
 from tidegate.errors import TidegateError, TopicMismatchError
 from tidegate.kafka.admin import ensure_topics
 from tidegate.kafka.broker import start_broker, stop_broker
 from tidegate.kafka.clients import client_config
+from tidegate.runtime.app import input_group
+from tidegate.runtime.backpressure import LagProbe
 from tidegate.settings import Settings, load_settings
-from tidegate.topics import CATALOG, STAGE_ORDER, by_key
+from tidegate.topics import CATALOG, DATA_STAGES, STAGE_ORDER, by_key
+from tidegate.topics import STAGES as STAGE_TOPICS
 
 __all__ = ["control_line", "init", "status", "up"]
 
 STAGES = STAGE_ORDER
+# A stage restarted for a stalled partition is usually alive and delivering: SIGTERM lets it
+# commit and leave its group, so the partitions move at once (after SIGKILL they wait out the
+# session timeout). One silent for this many health intervals gets SIGKILL: it may be stopped
+# or hung, and would not act on SIGTERM before the grace ran out.
+STOP_GRACE = 10.0
+SILENT_INTERVALS = 3
+# A stage process takes seconds to boot (more on busy cores): not a stall, however short
+# TIDEGATE_STALL_SECONDS is.
+START_GRACE = 60.0
+log = logging.getLogger(__name__)
 
 
 @click.command()
@@ -39,7 +55,6 @@ def up(demo: bool, rate: float, bad_rate: float, duration: float | None) -> None
     Ctrl-C (or SIGTERM) stops the stages cleanly, then the broker if this command started it.
     """
     from tidegate.cli.logs import logging_config
-    from tidegate.cli.supervisor import Supervisor
 
     settings = load_settings()
     import logging.config
@@ -69,11 +84,11 @@ def up(demo: bool, rate: float, bad_rate: float, duration: float | None) -> None
         if demo:
             threading.Thread(target=_demo, args=(settings, rate, bad_rate, stopping),
                              daemon=True, name="demo").start()
-        detector = StallDetector(stall_after=settings.stall_seconds)
-        detector.expect(list(STAGES), now=time.monotonic())
-        watch = HealthWatch(client_config(settings), by_key("health").name(settings.topic_prefix),
-                            detector)
+        watch = _watch(settings)
         watch.start()
+        alerts = AlertSender(client_config(settings),
+                             by_key("alerts").name(settings.topic_prefix),
+                             registry_url=settings.schema_registry_url)
         ends = time.monotonic() + duration if duration else None
         next_report = time.monotonic() + 10
         while not stopping.is_set() and (ends is None or time.monotonic() < ends):
@@ -85,8 +100,11 @@ def up(demo: bool, rate: float, bad_rate: float, duration: float | None) -> None
                 supervisor.restart(stage, f"stalled: no health or no progress for "
                                           f"{settings.stall_seconds:.0f} s")
                 watch.forget(stage)
+            _restart_stalled_partitions(watch, supervisor, alerts,
+                                        silent_after=SILENT_INTERVALS * settings.health_interval)
             stopping.wait(0.5)
         watch.stop()
+        alerts.close()
     finally:
         stopping.set()
         if supervisor is not None:
@@ -95,6 +113,50 @@ def up(demo: bool, rate: float, bad_rate: float, duration: float | None) -> None
         if started_broker:
             stop_broker(settings)
             click.echo("broker stopped")
+
+
+def _watch(settings: Settings) -> HealthWatch:
+    """The health watch with both stall rules, probing the data stages' input partitions.
+
+    Monitoring is not probed: it reads the health topic with its Faust app's group (one
+    partition), and stopping there is the whole stage stopping, which ``StallDetector`` sees.
+    """
+    config = client_config(settings)
+    detector = StallDetector(stall_after=settings.stall_seconds, start_grace=START_GRACE)
+    detector.expect(list(STAGES), now=time.monotonic())
+    partitions = PartitionStallDetector(stall_after=settings.stall_seconds)
+    partitions.expect(list(DATA_STAGES))
+    probes = [(stage, LagProbe(config, group=input_group(stage, settings),
+                               topic=STAGE_TOPICS[stage].source.name(settings.topic_prefix)))
+              for stage in DATA_STAGES]
+    # a few probes per stall period: a stall is seen within a third of the period
+    return HealthWatch(config, by_key("health").name(settings.topic_prefix), detector,
+                       partitions=partitions, probes=probes,
+                       probe_every=min(5.0, settings.stall_seconds / 3))
+
+
+def _restart_stalled_partitions(watch: HealthWatch, supervisor: Supervisor,
+                                alerts: AlertSender, *, silent_after: float) -> None:
+    """Alert on every stalled partition and restart its stage; resolve the ones moving again."""
+    for stall in watch.recovered_partitions():
+        log.warning("partition stall over: %s: partition %d of %s is moving again",
+                    stall.stage, stall.partition, stall.topic)
+        alerts.send(stall_alert(stall, "resolved", now=time.time()))
+    stalls = watch.stalled_partitions()
+    for stage in sorted({stall.stage for stall in stalls}):
+        if supervisor.pids()[stage] is None:  # crashed: restarting anyway; wait for the new one
+            watch.forget(stage)
+            continue
+        mine = [stall for stall in stalls if stall.stage == stage]
+        for stall in mine:
+            log.error("ALERT partition stall: %s; restarting %s", stall.describe(), stage)
+            if watch.alert(stall):
+                alerts.send(stall_alert(stall, "firing", now=time.time()))
+        alive = watch.silent_for(stage) < silent_after
+        supervisor.restart(stage, "stalled partitions " + ", ".join(
+            f"{stall.topic}[{stall.partition}]" for stall in mine),
+            grace=STOP_GRACE if alive else None)
+        watch.forget(stage)
 
 
 @click.command()

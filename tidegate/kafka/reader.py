@@ -103,11 +103,14 @@ class BatchReader:
 
     ``on_assign`` and ``on_revoke`` receive partition numbers; they run inside ``next_batch``
     (librdkafka calls them from its poll), before records of a newly assigned partition are
-    returned, which is where a stage restores per-partition state.
+    returned, which is where a stage restores per-partition state. ``hold`` is asked about each
+    newly assigned partition; one it holds stays paused (``resume`` leaves it): a drill's
+    frozen partition (``tidegate.models.faults.PartitionFreeze``).
     """
 
     def __init__(self, config: ClientConfig, *, topic: str, group: str,
                  on_assign: Partitions | None = None, on_revoke: Partitions | None = None,
+                 hold: Callable[[int], bool] | None = None,
                  prefetch_kbytes: int = 16384, commit_interval: float = 0.5) -> None:
         self._consumer = Consumer({
             **CONSUMER_DEFAULTS, "auto.offset.reset": "earliest",
@@ -123,6 +126,8 @@ class BatchReader:
             **config, "group.id": group,
         })
         self._on_assign, self._on_revoke = on_assign, on_revoke
+        self._hold = hold
+        self._held: set[int] = set()
         self.topic = topic
         self._positions: dict[int, int] = {}
         # the assigned partitions, kept from the rebalance callbacks: asking librdkafka
@@ -135,10 +140,18 @@ class BatchReader:
         self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked,
                                  on_lost=self._lost)
 
-    def _assigned(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
+    def _assigned(self, consumer: Any, partitions: list[TopicPartition]) -> None:
         self._owned.update(tp.partition for tp in partitions)
         if self._on_assign is not None and partitions:
             self._on_assign([tp.partition for tp in partitions])
+        hold = self._hold
+        held = [tp for tp in partitions if hold is not None and hold(tp.partition)]
+        if held:
+            # assigned here (incrementally: the group is cooperative-sticky) rather than by
+            # confluent-kafka after the callback, so the pause precedes any fetch
+            consumer.incremental_assign(partitions)
+            consumer.pause(held)
+            self._held.update(tp.partition for tp in held)
 
     def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         gone = {tp.partition for tp in partitions}
@@ -151,6 +164,7 @@ class BatchReader:
     def _lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
         for tp in partitions:
             self._owned.discard(tp.partition)
+            self._held.discard(tp.partition)
             self._positions.pop(tp.partition, None)
             self._uncommitted.pop(tp.partition, None)
         if self._on_revoke is not None and partitions:
@@ -168,6 +182,8 @@ class BatchReader:
         """
         loop = asyncio.get_running_loop()
         messages = await loop.run_in_executor(None, self._take, size, within, linger)
+        if self._held:  # fetched before the pause: a held partition's records wait in Kafka
+            messages = [m for m in messages if m.partition() not in self._held]
         if not messages:
             self._commit_due()  # idle: what was delivered gets committed all the same
         events = []
@@ -242,7 +258,7 @@ class BatchReader:
     def resume(self) -> None:
         """Fetch again from every assigned partition; nothing to do unless paused."""
         if self._paused:
-            assigned = self._consumer.assignment()
+            assigned = [tp for tp in self._consumer.assignment() if tp.partition not in self._held]
             if assigned:
                 self._consumer.resume(assigned)
             self._paused = False

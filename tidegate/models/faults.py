@@ -1,4 +1,5 @@
-"""Fault injection for chaos drills: a model that fails, turns slow, or is simply wrong.
+"""Fault injection for chaos drills: a model that fails, turns slow, or is simply wrong; an
+input partition that stops moving.
 
 ``FaultyModel`` wraps a fitted classifier. While the file ``switch`` holds ``fail`` every call
 raises; while it holds ``slow <seconds>`` every call sleeps first; otherwise it answers as the
@@ -7,6 +8,10 @@ model it wraps. Register it as a model version to rehearse what the breakers do 
 ``InvertedModel`` answers without failing but backwards (``1 - p``): a bad release that no
 breaker notices. :func:`register_bad_version` registers one as a candidate, to rehearse the
 shadow check refusing it, or (forced) a rollback.
+
+``PartitionFreeze`` (``TIDEGATE_FAULT_FREEZE_PARTITION=<stage>:<partition>``) makes the stage's
+reader hold one input partition paused for the life of one process, to rehearse the watchdog's
+per-partition stall detection (``tidegate up`` alerts and restarts the stage).
 
 Example::
 
@@ -18,6 +23,8 @@ Example::
 
 from __future__ import annotations
 
+import logging
+import os
 import time
 from pathlib import Path
 from typing import Any
@@ -25,8 +32,13 @@ from typing import Any
 import numpy as np
 
 from tidegate.models.registry import ModelRegistry, ModelVersion
+from tidegate.settings import Settings
 
-__all__ = ["FaultyModel", "InvertedModel", "register_bad_version", "register_like"]
+__all__ = [
+    "FaultyModel", "InvertedModel", "PartitionFreeze", "register_bad_version", "register_like",
+]
+
+log = logging.getLogger(__name__)
 
 
 class FaultyModel:
@@ -81,3 +93,46 @@ def register_bad_version(registry: ModelRegistry, name: str) -> ModelVersion:
     current = registry.require_production(name)
     bad = InvertedModel(registry.load(name, current.version))
     return register_like(registry, name, bad)
+
+
+class PartitionFreeze:
+    """Whether a reader should freeze a newly assigned input partition: yes for the drill's
+    partition, in the first process that is assigned it, and in no other.
+
+    The variable is still set when the frozen stage is restarted, so the fault ends by a marker:
+    claiming the freeze creates ``<data dir>/faults/freeze-<stage>-<partition>`` (exclusively,
+    so one process claims it), and a process that finds the marker reads the partition as
+    usual. The claiming process keeps the partition frozen for its whole life, across
+    rebalances. Delete the marker to arm the drill again.
+
+    >>> freeze = PartitionFreeze.from_settings(settings, "ingest")  # None when not configured
+    >>> freeze(0), freeze(1)     # the first process assigned partition 0
+    (True, False)
+    """
+
+    def __init__(self, *, stage: str, partition: int, marker: Path) -> None:
+        self.stage, self.partition, self.marker = stage, partition, marker
+        self._claimed = False
+
+    @classmethod
+    def from_settings(cls, settings: Settings, stage: str) -> PartitionFreeze | None:
+        named, _, partition = settings.fault_freeze_partition.partition(":")
+        if named != stage:
+            return None
+        return cls(stage=stage, partition=int(partition),
+                   marker=settings.data_dir / "faults" / f"freeze-{stage}-{partition}")
+
+    def __call__(self, partition: int) -> bool:
+        if partition != self.partition:
+            return False
+        if not self._claimed:
+            try:
+                self.marker.parent.mkdir(parents=True, exist_ok=True)
+                with self.marker.open("x") as out:
+                    out.write(f"frozen by process {os.getpid()}\n")
+            except FileExistsError:
+                return False  # an earlier process had the fault: this one recovers
+            self._claimed = True
+            log.warning("fault injection: %s freezes its input partition %d until it restarts",
+                        self.stage, partition)
+        return True

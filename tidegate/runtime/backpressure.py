@@ -11,16 +11,21 @@ Example::
     valve.update(150)    # True: pause
     valve.update(50)     # True: still paused (hysteresis)
     valve.update(10)     # False: resume
+
+``LagProbe.offsets`` is the same reading per partition (committed and end offsets), which
+``tidegate up`` uses to notice one partition that stopped moving.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
 from confluent_kafka.admin import AdminClient, OffsetSpec
 
 from tidegate.settings import ClientConfig
 
-__all__ = ["LagProbe", "LagValve"]
+__all__ = ["LagProbe", "LagValve", "PartitionOffsets"]
 
 
 class LagValve:
@@ -41,6 +46,22 @@ class LagValve:
         elif lag < self.low:
             self.paused = False
         return self.paused
+
+
+@dataclass(frozen=True)
+class PartitionOffsets:
+    """One partition as a group sees it: its committed offset (-1: none yet) and end offset.
+
+    >>> PartitionOffsets(committed=-1, end=40).lag, PartitionOffsets(committed=30, end=40).lag
+    (40, 10)
+    """
+
+    committed: int
+    end: int
+
+    @property
+    def lag(self) -> int:
+        return max(0, self.end - max(self.committed, 0))
 
 
 class LagProbe:
@@ -66,6 +87,11 @@ class LagProbe:
 
     def lag(self) -> int | None:
         """Records the group has yet to process, or None when it cannot be read right now."""
+        offsets = self.offsets()
+        return None if offsets is None else sum(o.lag for o in offsets.values())
+
+    def offsets(self) -> dict[int, PartitionOffsets] | None:
+        """Committed and end offset of every partition, or None when they cannot be read now."""
         try:
             partitions = [TopicPartition(self.topic, p) for p in self._topic_partitions()]
             committed = self._admin.list_consumer_group_offsets(
@@ -75,10 +101,10 @@ class LagProbe:
             ends = self._admin.list_offsets({tp: latest for tp in partitions},
                                             request_timeout=self._timeout)
             done = {tp.partition: tp.offset for tp in committed.result().topic_partitions or []}
-            total = 0
-            for tp, end in ends.items():
-                total += max(0, end.result().offset - max(done.get(tp.partition, 0), 0))
-            return total
+            # a partition the group never committed reads as OFFSET_INVALID (-1001)
+            return {tp.partition: PartitionOffsets(committed=max(done.get(tp.partition, -1), -1),
+                                                   end=end.result().offset)
+                    for tp, end in ends.items()}
         except (KafkaException, KeyError):
             self._partitions = None  # the topic may have changed: look it up again
             return None

@@ -35,6 +35,7 @@ from tidegate.kafka.producer import Outbox
 from tidegate.kafka.reader import BatchReader, ReaderEvent, batch_messages, read_linger
 from tidegate.kafka.scan import read_topic
 from tidegate.kafka.transactions import TransactionalOutbox
+from tidegate.models.faults import PartitionFreeze
 from tidegate.outputs import Handler, Outgoing, Staged, messages
 from tidegate.runtime.app import create_app, input_group
 from tidegate.runtime.backpressure import LagProbe
@@ -239,8 +240,9 @@ class StageRuntime:
         self._handle_with(state)
         group = input_group(self.stage, self.settings)
         reader = BatchReader(client_config(self.settings, **HOP_FETCH),
-                             topic=self.source.get_topic_name(),
-                             group=group, on_assign=on_assign, on_revoke=on_revoke)
+                             topic=self.source.get_topic_name(), group=group,
+                             on_assign=on_assign, on_revoke=on_revoke,
+                             hold=PartitionFreeze.from_settings(self.settings, self.stage))
         self._reader = reader
         checkpoint: Checkpoint = AtLeastOnce(self._send, reader,
                                              deadline=self.settings.delivery_deadline)
