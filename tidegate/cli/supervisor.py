@@ -7,7 +7,8 @@ after a timeout.
 Example::
 
     supervisor = Supervisor({"ingest": [python, "-m", "tidegate.cli.main", "stage", "run",
-                                        "ingest"]}, log_dir=Path("logs"))
+                                        "ingest"]}, log_dir=Path("logs"),
+                            child_env={"ingest": {"KAFKA_SASL_USERNAME": "ingest"}})
     supervisor.start()
     while running: supervisor.poll()
     supervisor.stop()
@@ -48,12 +49,15 @@ class Supervisor:
     """Keeps one process per stage running until ``stop``."""
 
     def __init__(self, commands: Mapping[str, Sequence[str]], *, log_dir: Path,
-                 env: Mapping[str, str] | None = None, backoff: float = 1.0,
+                 env: Mapping[str, str] | None = None,
+                 child_env: Mapping[str, Mapping[str, str]] | None = None, backoff: float = 1.0,
                  max_backoff: float = 30.0, max_crashes: int = 5,
                  crash_window: float = 60.0) -> None:
         self.children = {name: Child(name, list(command)) for name, command in commands.items()}
         self.log_dir = log_dir
         self.env = dict(os.environ if env is None else env)
+        # per stage on top of env: each stage's own Kafka principal on a secured cluster
+        self.child_env = {name: dict(extra) for name, extra in (child_env or {}).items()}
         self.backoff, self.max_backoff = backoff, max_backoff
         self.max_crashes, self.crash_window = max_crashes, crash_window
 
@@ -66,7 +70,8 @@ class Supervisor:
         with (self.log_dir / f"{child.name}.log").open("ab") as out:
             child.process = subprocess.Popen(
                 [*death_signal_prefix(True), *child.command], stdout=out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**self.env, **self.child_env.get(child.name, {})},
             )
         log.info("started %s (pid %d)", child.name, child.process.pid)
 
