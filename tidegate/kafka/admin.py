@@ -132,11 +132,12 @@ def _existing(admin: AdminClient) -> set[str]:
 
 def _list(admin: AdminClient) -> dict[str, Any]:
     """The cluster's topics (those this principal may describe); a refusal says its cause."""
+    if isinstance(admin, _Admin):
+        return dict(admin.refusals.request(
+            admin, lambda step: admin.list_topics(timeout=step), timeout=_TIMEOUT).topics)
     try:
         return dict(admin.list_topics(timeout=_TIMEOUT).topics)
     except KafkaException as exc:
-        if isinstance(admin, _Admin):
-            raise admin.refusals.explain(admin, exc.args[0]) from exc
         raise BrokerError(f"cannot reach the cluster: {exc.args[0].str()}") from exc
 
 

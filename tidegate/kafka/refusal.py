@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
-from typing import Any, Protocol
+from collections.abc import Callable, Mapping
+from typing import Any, Protocol, TypeVar
 
-from confluent_kafka import KafkaError
+from confluent_kafka import KafkaError, KafkaException
 
 from tidegate.errors import (
     AuthenticationError,
@@ -34,6 +34,8 @@ from tidegate.errors import (
 )
 
 __all__ = ["Refusals", "authorization_error", "flush_or_raise"]
+
+T = TypeVar("T")
 
 _AUTHORIZATION = {
     KafkaError.TOPIC_AUTHORIZATION_FAILED: "topic",
@@ -129,6 +131,18 @@ class Refusals:
         if client is not None and not self.causes:
             client.poll(0.2)
         return self.causes[0] if self.causes else None
+
+    def request(self, client: _Polled, call: Callable[[float], T], *, timeout: float,
+                doing: str = "reach the cluster") -> T:
+        """``call(step_timeout)`` in steps of a couple of seconds until ``timeout``: a refused
+        client fails at the first step with its cause, not after the whole timeout."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return call(max(0.1, min(2.0, deadline - time.monotonic())))
+            except KafkaException as exc:
+                if self.cause(client) is not None or time.monotonic() >= deadline:
+                    raise self.explain(client, exc.args[0], doing) from exc
 
     def explain(self, client: _Polled | None, error: KafkaError,
                 doing: str = "reach the cluster") -> BrokerError:

@@ -45,10 +45,8 @@ def read_topic(
     consumer = Consumer({**CONSUMER_DEFAULTS, **config, "group.id": "tidegate-reader",
                          "enable.partition.eof": True, **refusals.hooks()})
     try:
-        try:
-            metadata = consumer.list_topics(topic, timeout=10)
-        except KafkaException as exc:
-            raise refusals.explain(consumer, exc.args[0]) from exc
+        metadata = refusals.request(
+            consumer, lambda step: consumer.list_topics(topic, timeout=step), timeout=10)
         info = metadata.topics.get(topic)
         if info is None or info.error is not None or not info.partitions:
             raise BrokerError(f"topic {topic} does not exist")
