@@ -33,7 +33,7 @@ from tidegate.kafka.admin import ensure_topics
 from tidegate.kafka.broker import BrokerState, secure_dir, start_broker, stop_broker
 from tidegate.kafka.producer import Outbox
 from tidegate.kafka.secure import ADMIN, OPERATOR, SecureMaterial, load_material
-from tidegate.settings import Settings, load_settings
+from tidegate.settings import ClientConfig, Settings, load_settings
 from tidegate.topics import CATALOG
 
 pytestmark = pytest.mark.integration
@@ -82,14 +82,18 @@ def secure_settings(secure_kafka: SecureCluster, prefix: str, tmp_path: Path,
     monkeypatch.setenv("TIDEGATE_HEALTH_INTERVAL", "1.0")
     _environment(monkeypatch, secure_kafka.material.environment(OPERATOR))
     settings = load_settings()
-    admin = {"bootstrap.servers": secure_kafka.state.bootstrap,
+    admin: ClientConfig = {"bootstrap.servers": secure_kafka.state.bootstrap,
              **secure_kafka.material.client_security(ADMIN)}
     apply_acls(admin, pipeline_acls(settings))
     return settings
 
 
+@pytest.mark.parametrize("reader", ["librdkafka", "faust"])
 def test_every_event_ends_in_one_place_with_a_principal_per_stage(
-        secure_settings: Settings, secure_kafka: SecureCluster) -> None:
+        secure_settings: Settings, secure_kafka: SecureCluster, reader: str,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """With the Faust reader too: its app's groups, leader topic and table changelog."""
+    monkeypatch.setenv("TIDEGATE_READER", reader)
     material = secure_kafka.material
     messages = list(example_messages(EVENTS, seed=23, bad_rate=0.05, events_per_second=5_000))
     stage_env = {stage: material.environment(stage) for stage in STAGE_NAMES}
@@ -106,7 +110,7 @@ def test_every_event_ends_in_one_place_with_a_principal_per_stage(
         f"{len(set(predicted) - set(outputs.predictions))} good events without a prediction, "
         f"{sum((outputs.predictions - predicted).values())} repeated")
     assert outputs.dead == dead, "dead letters differ from the bad records sent"
-    print(f"\nsecure pipeline: {len(sent)} events accounted for in {took:.1f} s "
+    print(f"\nsecure pipeline ({reader} readers): {len(sent)} events accounted for in {took:.1f} s "
           f"(stages ready after {ready:.1f} s)")
 
 
@@ -158,12 +162,12 @@ def test_a_stage_principal_cannot_write_what_it_has_no_acl_for(
     error = _refused(capsys, "control", "pause", "ingest", "--reason", "not allowed")
     assert f"user 'ingest' is not authorized to write {control}" in error, error
     # the stage's own producer: an ACL refusal is a non-retriable delivery error, at once
-    stage = {"bootstrap.servers": str(secure_settings.kafka_bootstrap_servers),
+    stage: ClientConfig = {"bootstrap.servers": str(secure_settings.kafka_bootstrap_servers),
              **secure_kafka.material.client_security("ingest")}
     outbox = Outbox(stage)
     began = time.monotonic()
     try:
-        with pytest.raises(DeliveryError, match="[Aa]uthorization") as refused:
+        with pytest.raises(DeliveryError, match=r"[Aa]uthorization") as refused:
             asyncio.run(outbox.send_all([(control, b"k", b"v", None, None)]))
     finally:
         outbox.close(1.0)

@@ -25,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tidegate.kafka.broker import death_signal_prefix
+from tidegate.kafka.host import death_signal_prefix
 
 __all__ = ["Child", "Supervisor"]
 

@@ -19,11 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import shlex
-import shutil
-import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -33,8 +29,9 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from tidegate.errors import BrokerError, BrokerStartError
+from tidegate.errors import BrokerStartError
 from tidegate.kafka.broker_config import log4j_config, server_properties
+from tidegate.kafka.host import alive, choose_ports, death_signal_prefix, free_port, terminate
 from tidegate.kafka.jars import classpath, require_tool, resolve_jars
 from tidegate.kafka.secure import (
     ADMIN,
@@ -57,7 +54,6 @@ __all__ = [
 ]
 
 _STATE = "broker.json"
-_PORTS = "ports.json"
 _MAIN_CLASS = "kafka.Kafka"
 _FORMATTED_SECURE = "formatted"  # in the secure dir: the storage holds the admin's credential
 
@@ -125,7 +121,8 @@ def start_broker(settings: Settings, *, die_with_parent: bool = False,
             f"the broker in {directory} was created {_mode(was_secure)}; start it "
             f"{'with' if was_secure else 'without'} --secure, or use another TIDEGATE_DATA_DIR")
     material = ensure_material(secure_dir(settings)) if secure else None
-    broker_port, controller_port = _choose_ports(settings, directory)
+    broker_port, controller_port = choose_ports(
+        (settings.broker_port, settings.controller_port), directory)
     properties = directory / "server.properties"
     text = server_properties(broker_port, controller_port, storage, secure=material)
     if material is None:
@@ -141,7 +138,7 @@ def start_broker(settings: Settings, *, die_with_parent: bool = False,
            "-XX:TieredStopAtLevel=1", "-Xshare:auto", *shlex.split(settings.broker_jvm_options),
            f"-Dlog4j2.configurationFile={directory / 'log4j2.properties'}",
            f"-Dkafka.logs.dir={directory / 'logs'}", "-cp", cp]
-    jmx_port = _free_port(exclude=[broker_port, controller_port]) if jmx else None
+    jmx_port = free_port(exclude=[broker_port, controller_port]) if jmx else None
     jmx_flags = [] if jmx_port is None else [
         f"-Dcom.sun.management.jmxremote.port={jmx_port}",
         f"-Dcom.sun.management.jmxremote.rmi.port={jmx_port}",
@@ -167,7 +164,7 @@ def start_broker(settings: Settings, *, die_with_parent: bool = False,
         if material is not None:  # idempotent: every start converges on the stored passwords
             create_principals(probe, material)
     except BaseException:
-        _terminate(process.pid, settings.broker_stop_timeout)
+        terminate(process.pid, settings.broker_stop_timeout)
         raise
     state = BrokerState(
         pid=process.pid, bootstrap=bootstrap, broker_port=broker_port,
@@ -184,7 +181,7 @@ def stop_broker(settings: Settings) -> BrokerState | None:
     directory = settings.broker_dir.resolve()
     state = read_state(directory)
     if state is not None:
-        _terminate(state.pid, settings.broker_stop_timeout)
+        terminate(state.pid, settings.broker_stop_timeout)
     with contextlib.suppress(FileNotFoundError):
         (directory / _STATE).unlink()
     return state
@@ -201,52 +198,6 @@ def broker_status(settings: Settings) -> tuple[BrokerState | None, bool]:
 
 def log_file(settings: Settings) -> Path:
     return settings.broker_dir.resolve() / "logs" / "server.log"
-
-
-def _choose_ports(settings: Settings, directory: Path) -> tuple[int, int]:
-    """Configured ports, else the ones this broker had last time (so clients reconnect after a
-    restart), else free ones."""
-    previous = _previous_ports(directory)
-    chosen = []
-    for index, configured in enumerate((settings.broker_port, settings.controller_port)):
-        if configured:
-            if not _port_free(configured):
-                raise BrokerStartError(f"port {configured} on 127.0.0.1 is taken")
-            chosen.append(configured)
-        elif previous and previous[index] not in chosen and _port_free(previous[index]):
-            chosen.append(previous[index])
-        else:
-            chosen.append(_free_port(exclude=chosen))
-    (directory / _PORTS).write_text(json.dumps(chosen))
-    return chosen[0], chosen[1]
-
-
-def _previous_ports(directory: Path) -> list[int] | None:
-    try:
-        ports = json.loads((directory / _PORTS).read_text())
-    except (OSError, ValueError):
-        return None
-    return ports if isinstance(ports, list) and len(ports) == 2 else None
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        # as Kafka binds: a port whose old connections linger in TIME_WAIT is free to listen on
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(exclude: list[int]) -> int:
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port not in exclude:
-            return port
 
 
 def _mode(secure: bool) -> str:
@@ -316,39 +267,9 @@ def _log_tail(directory: Path, lines: int = 5) -> str:
     return "no log written"
 
 
-def _terminate(pid: int, timeout: float) -> None:
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        if _wait_gone(pid, wait):
-            return
-    raise BrokerError(f"broker process {pid} survived SIGKILL")
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
-        if not _alive(pid):
-            return True
-        time.sleep(0.1)
-    return not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def _is_our_broker(pid: int, directory: Path) -> bool:
     """True when ``pid`` is a live Kafka java process started for ``directory``."""
-    if not _alive(pid):
+    if not alive(pid):
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -359,11 +280,3 @@ def _is_our_broker(pid: int, directory: Path) -> bool:
     )
 
 
-def death_signal_prefix(wanted: bool) -> list[str]:
-    """``setpriv --pdeathsig``: the kernel sends SIGTERM to the broker when its parent dies.
-
-    util-linux's setpriv sets it and then execs java; a preexec_fn would do the same but is
-    unsafe in a process that already runs librdkafka threads.
-    """
-    setpriv = shutil.which("setpriv") if wanted else None
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []
