@@ -88,12 +88,15 @@ def secure_settings(secure_kafka: SecureCluster, prefix: str, tmp_path: Path,
     return settings
 
 
-@pytest.mark.parametrize("reader", ["librdkafka", "faust"])
+@pytest.mark.parametrize(("reader", "guarantee"), [
+    ("librdkafka", "at_least_once"), ("faust", "at_least_once"), ("librdkafka", "exactly_once")])
 def test_every_event_ends_in_one_place_with_a_principal_per_stage(
-        secure_settings: Settings, secure_kafka: SecureCluster, reader: str,
+        secure_settings: Settings, secure_kafka: SecureCluster, reader: str, guarantee: str,
         monkeypatch: pytest.MonkeyPatch) -> None:
-    """With the Faust reader too: its app's groups, leader topic and table changelog."""
+    """With the Faust reader too (its app's groups, leader topic and table changelog), and
+    exactly once (transactional ids, offsets sent to the transaction)."""
     monkeypatch.setenv("TIDEGATE_READER", reader)
+    monkeypatch.setenv("TIDEGATE_PROCESSING_GUARANTEE", guarantee)
     material = secure_kafka.material
     messages = list(example_messages(EVENTS, seed=23, bad_rate=0.05, events_per_second=5_000))
     stage_env = {stage: material.environment(stage) for stage in STAGE_NAMES}
@@ -110,8 +113,8 @@ def test_every_event_ends_in_one_place_with_a_principal_per_stage(
         f"{len(set(predicted) - set(outputs.predictions))} good events without a prediction, "
         f"{sum((outputs.predictions - predicted).values())} repeated")
     assert outputs.dead == dead, "dead letters differ from the bad records sent"
-    print(f"\nsecure pipeline ({reader} readers): {len(sent)} events accounted for in {took:.1f} s "
-          f"(stages ready after {ready:.1f} s)")
+    print(f"\nsecure pipeline ({reader} readers, {guarantee}): {len(sent)} events accounted "
+          f"for in {took:.1f} s (stages ready after {ready:.1f} s)")
 
 
 def _refused(capsys: pytest.CaptureFixture[str], *argv: str) -> str:
