@@ -6,6 +6,8 @@ Every leaf carries a stable ``code`` that operators filter and replay by.
 from __future__ import annotations
 
 __all__ = [
+    "AuthenticationError",
+    "AuthorizationError",
     "BadMagicError",
     "BrokerError",
     "BrokerNotRunningError",
@@ -19,9 +21,11 @@ __all__ = [
     "FeatureMismatchError",
     "FeatureShapeError",
     "IncompatibleSchemaError",
+    "InsecureConnectionError",
     "InvalidJsonError",
     "InvalidSchemaError",
     "InvalidUtf8Error",
+    "KafkaSecurityError",
     "MalformedAvroError",
     "ModelArtifactError",
     "ModelArtifactTamperedError",
@@ -78,6 +82,30 @@ class BrokerNotRunningError(BrokerError):
     """No broker is configured or running."""
 
     code = "BROKER_NOT_RUNNING"
+
+
+class KafkaSecurityError(BrokerError):
+    """The cluster refused a client: its credentials, its transport or its permissions."""
+
+    code = "KAFKA_SECURITY"
+
+
+class AuthenticationError(KafkaSecurityError):
+    """The cluster refused the client's SASL credentials (unknown user or wrong password)."""
+
+    code = "AUTHENTICATION"
+
+
+class InsecureConnectionError(KafkaSecurityError):
+    """The client and the listener disagree on TLS or SASL (KAFKA_SECURITY_PROTOCOL is wrong)."""
+
+    code = "SECURITY_PROTOCOL"
+
+
+class AuthorizationError(KafkaSecurityError):
+    """The principal has no ACL for what it tried (a topic, group or transactional id)."""
+
+    code = "AUTHORIZATION"
 
 
 class TopicMismatchError(TidegateError):

@@ -7,7 +7,7 @@ import socket
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +27,11 @@ from tidegate.topics import CATALOG, STAGES
 
 STAGE_NAMES = ("ingest", "validation", "feature", "inference", "monitoring")
 _trained: dict[str, Path] = {}
+
+
+def cluster_config(settings: Settings) -> ClientConfig:
+    """The test's cluster, with the security settings of the environment (none: plaintext)."""
+    return settings.client_config(str(settings.kafka_bootstrap_servers))
 
 
 def free_port() -> int:
@@ -51,10 +56,14 @@ def example_registry(root: Path) -> Path:
 
 
 @contextmanager
-def running_pipeline(settings: Settings, *, stages: Iterable[str] = STAGE_NAMES
+def running_pipeline(settings: Settings, *, stages: Iterable[str] = STAGE_NAMES,
+                     child_env: Mapping[str, Mapping[str, str]] | None = None,
                      ) -> Iterator[Supervisor]:
-    """Topics, models and one supervised process per stage; everything stops afterwards."""
-    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
+    """Topics, models and one supervised process per stage; everything stops afterwards.
+
+    ``child_env`` adds variables per stage (its own Kafka principal on a secured broker).
+    """
+    config = cluster_config(settings)
     ensure_topics(config, CATALOG, prefix=settings.topic_prefix, replication=1)
     if not settings.registry_dir.exists():
         example_registry(settings.registry_dir)
@@ -62,7 +71,7 @@ def running_pipeline(settings: Settings, *, stages: Iterable[str] = STAGE_NAMES
     supervisor = Supervisor(
         {stage: [sys.executable, "-m", "tidegate.cli.main", "stage", "run", stage]
          for stage in stages},
-        log_dir=settings.data_dir / "logs", env=env, backoff=0.5,
+        log_dir=settings.data_dir / "logs", env=env, child_env=child_env, backoff=0.5,
     )
     supervisor.start()
     try:
@@ -74,8 +83,7 @@ def running_pipeline(settings: Settings, *, stages: Iterable[str] = STAGE_NAMES
 def produce(settings: Settings, messages: Iterable[ExampleMessage], *,
             rate: float = 0.0) -> list[ExampleMessage]:
     """Send the messages to the input topic; return them once the broker acked every one."""
-    producer = Producer({"bootstrap.servers": str(settings.kafka_bootstrap_servers),
-                         "linger.ms": 10, "acks": "all"})
+    producer = Producer({**cluster_config(settings), "linger.ms": 10, "acks": "all"})
     topic = settings.topic_prefix + "events"
     sent: list[ExampleMessage] = []
     began = time.monotonic()
@@ -112,7 +120,7 @@ class Outputs:
 
 def read_predictions(settings: Settings, *, since_ms: int = 0) -> list[dict[str, Any]]:
     """The decoded predictions made at or after ``since_ms``, from the start of the topic."""
-    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
+    config = cluster_config(settings)
     codec = Codec()
     records = (codec.decode(message.value() or b"") for message in
                read_topic(config, settings.topic_prefix + "predictions"))
@@ -128,7 +136,7 @@ def paused_for(settings: Settings, stage: str, reason: str) -> bool:
 
 def read_outputs(settings: Settings) -> Outputs:
     """Read predictions and every dead-letter topic from the start to their current end."""
-    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
+    config = cluster_config(settings)
     codec = Codec()
     outputs = Outputs()
     for message in read_topic(config, settings.topic_prefix + "predictions"):
@@ -165,7 +173,7 @@ def wait_for_outputs(settings: Settings, expected: int, *, timeout: float = 180.
 def wait_until_healthy(settings: Settings, stages: Iterable[str] = STAGE_NAMES, *,
                        timeout: float = 90.0) -> float:
     """Wait until every stage has sent a health event; return how long that took."""
-    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
+    config = cluster_config(settings)
     codec = Codec()
     wanted, began = set(stages), time.monotonic()
     while time.monotonic() - began < timeout:
@@ -179,7 +187,7 @@ def wait_until_healthy(settings: Settings, stages: Iterable[str] = STAGE_NAMES, 
 
 def health_events(settings: Settings) -> list[dict[str, Any]]:
     """Every health event on the topic so far, decoded."""
-    config: ClientConfig = {"bootstrap.servers": str(settings.kafka_bootstrap_servers)}
+    config = cluster_config(settings)
     codec = Codec()
     return [codec.decode(m.value() or b"")
             for m in read_topic(config, settings.topic_prefix + "health")]

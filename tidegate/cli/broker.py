@@ -11,6 +11,7 @@ import click
 from tidegate.kafka.broker import (
     broker_status,
     log_file,
+    secure_dir,
     start_broker,
     stop_broker,
 )
@@ -39,17 +40,27 @@ def fetch() -> None:
 
 
 @broker.command()
-def start() -> None:
-    """Start the broker in the background and wait until it answers."""
+@click.option("--secure", is_flag=True,
+              help="SASL_SSL (SCRAM-SHA-512) with ACLs; CA, certificate and principals made once.")
+def start(secure: bool) -> None:
+    """Start the broker in the background and wait until it answers.
+
+    With --secure, clients need TLS and a principal: admin, operator or one per stage. Their
+    passwords are in <data dir>/broker/secure/credentials.json; tidegate commands connect as
+    operator by themselves.
+    """
     settings = load_settings()
-    state = start_broker(settings)
+    state = start_broker(settings, secure=secure)
+    mode = " (SASL_SSL, ACLs)" if state.secure else ""
     if state.already_running:
-        click.echo(f"broker already running at {state.bootstrap} (pid {state.pid})")
+        click.echo(f"broker already running at {state.bootstrap}{mode} (pid {state.pid})")
         return
     click.echo(
-        f"broker ready at {state.bootstrap} (pid {state.pid}, Kafka {state.version}) "
+        f"broker ready at {state.bootstrap}{mode} (pid {state.pid}, Kafka {state.version}) "
         f"in {state.start_seconds:.1f} s"
     )
+    if state.secure:
+        click.echo(f"credentials and CA in {secure_dir(settings)}")
 
 
 @broker.command()

@@ -11,11 +11,12 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import click
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
 
 from tidegate.codec import Codec
 from tidegate.errors import BrokerError, CodecError, ConfigError
 from tidegate.kafka.clients import client_config
+from tidegate.kafka.refusal import Refusals, authorization_error, flush_or_raise
 from tidegate.kafka.scan import Message, read_topic
 from tidegate.settings import Settings, load_settings
 from tidegate.topics import CATALOG, by_key
@@ -53,13 +54,15 @@ def produce(source: str | None, fmt: str, count: int | None, rate: float, bad_ra
         raise click.UsageError("give exactly one of --file or --generate")
     settings = load_settings()
     target = topic_name(settings, topic)
-    producer = Producer(client_config(settings, **{"linger.ms": 10, "log_level": 3}))
+    config = client_config(settings, **{"linger.ms": 10})
+    refusals = Refusals(config)
+    producer = Producer({**config, **refusals.hooks()})
     codec = Codec(registry_url=settings.schema_registry_url)
-    failures: list[str] = []
+    failures: list[KafkaError] = []
 
     def on_delivery(err: Any, _msg: Any) -> None:
         if err is not None:
-            failures.append(str(err))
+            failures.append(err)
 
     label_topic = by_key("labels").name(settings.topic_prefix)
     encode_label = codec.encoder("tidegate.Label", topic=label_topic)
@@ -79,10 +82,13 @@ def produce(source: str | None, fmt: str, count: int | None, rate: float, bad_ra
                          on_delivery)
             sent += 1
             bad += is_bad
-    producer.flush(30)
+    left = flush_or_raise(producer, refusals, 30.0)
     took = time.monotonic() - began
     if failures:
-        raise BrokerError(f"{len(failures)} of {sent} messages were not delivered: {failures[0]}")
+        raise (authorization_error(failures[0], config, f"write {target}") or BrokerError(
+            f"{len(failures)} of {sent} messages were not delivered: {failures[0].str()}"))
+    if left:
+        raise BrokerError(f"{left} of {sent} messages were not acknowledged within 30 s")
     click.echo(f"sent {sent} events ({bad} bad) to {target} in {took:.1f} s "
                f"({sent / max(took, 1e-9):.0f}/s)")
 

@@ -7,7 +7,8 @@ after a timeout.
 Example::
 
     supervisor = Supervisor({"ingest": [python, "-m", "tidegate.cli.main", "stage", "run",
-                                        "ingest"]}, log_dir=Path("logs"))
+                                        "ingest"]}, log_dir=Path("logs"),
+                            child_env={"ingest": {"KAFKA_SASL_USERNAME": "ingest"}})
     supervisor.start()
     while running: supervisor.poll()
     supervisor.stop()
@@ -24,7 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from tidegate.kafka.broker import death_signal_prefix
+from tidegate.kafka.host import death_signal_prefix
 
 __all__ = ["Child", "Supervisor"]
 
@@ -49,12 +50,15 @@ class Supervisor:
     """Keeps one process per stage running until ``stop``."""
 
     def __init__(self, commands: Mapping[str, Sequence[str]], *, log_dir: Path,
-                 env: Mapping[str, str] | None = None, backoff: float = 1.0,
+                 env: Mapping[str, str] | None = None,
+                 child_env: Mapping[str, Mapping[str, str]] | None = None, backoff: float = 1.0,
                  max_backoff: float = 30.0, max_crashes: int = 5,
                  crash_window: float = 60.0) -> None:
         self.children = {name: Child(name, list(command)) for name, command in commands.items()}
         self.log_dir = log_dir
         self.env = dict(os.environ if env is None else env)
+        # per stage on top of env: each stage's own Kafka principal on a secured cluster
+        self.child_env = {name: dict(extra) for name, extra in (child_env or {}).items()}
         self.backoff, self.max_backoff = backoff, max_backoff
         self.max_crashes, self.crash_window = max_crashes, crash_window
 
@@ -67,7 +71,8 @@ class Supervisor:
         with (self.log_dir / f"{child.name}.log").open("ab") as out:
             child.process = subprocess.Popen(
                 [*death_signal_prefix(True), *child.command], stdout=out,
-                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, env=self.env,
+                stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**self.env, **self.child_env.get(child.name, {})},
             )
         child.kill_at = None
         log.info("started %s (pid %d)", child.name, child.process.pid)

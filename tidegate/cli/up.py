@@ -18,9 +18,10 @@ from tidegate.cli.partitions import PartitionStallDetector, stall_alert
 from tidegate.cli.supervisor import Supervisor
 from tidegate.cli.watchdog import AlertSender, HealthWatch, StallDetector
 from tidegate.errors import TidegateError, TopicMismatchError
+from tidegate.kafka.acls import apply_acls, pipeline_acls
 from tidegate.kafka.admin import ensure_topics
-from tidegate.kafka.broker import start_broker, stop_broker
-from tidegate.kafka.clients import client_config
+from tidegate.kafka.broker import read_state, start_broker, stop_broker
+from tidegate.kafka.clients import admin_config, client_config, embedded_material
 from tidegate.runtime.app import input_group
 from tidegate.runtime.backpressure import LagProbe
 from tidegate.settings import Settings, load_settings
@@ -49,9 +50,13 @@ log = logging.getLogger(__name__)
 @click.option("--bad-rate", type=click.FloatRange(0, 1), default=0.02, show_default=True,
               help="Share of bad records the demo generator sends.")
 @click.option("--duration", type=click.FloatRange(min=1), help="Stop after this many seconds.")
-def up(demo: bool, rate: float, bad_rate: float, duration: float | None) -> None:
+@click.option("--secure", is_flag=True,
+              help="Start the embedded broker with SASL_SSL and ACLs (as `broker start --secure`).")
+def up(demo: bool, rate: float, bad_rate: float, duration: float | None, secure: bool) -> None:
     """Broker (if needed), topics, example model (if none), all five stages, status endpoint.
 
+    On a secure embedded broker (started with --secure here or by `broker start --secure`)
+    each stage connects as its own principal, under the ACLs `init --acls` would create.
     Ctrl-C (or SIGTERM) stops the stages cleanly, then the broker if this command started it.
     """
     from tidegate.cli.logs import logging_config
@@ -62,7 +67,9 @@ def up(demo: bool, rate: float, bad_rate: float, duration: float | None) -> None
     logging.config.dictConfig(logging_config(settings))
     started_broker = False
     if not settings.kafka_bootstrap_servers:
-        state = start_broker(settings, die_with_parent=True)
+        running = read_state(settings.broker_dir.resolve())
+        secure = secure or (running is not None and running.secure)  # keep the broker's mode
+        state = start_broker(settings, die_with_parent=True, secure=secure)
         started_broker = not state.already_running
         click.echo(f"broker at {state.bootstrap}"
                    + (f" (started in {state.start_seconds:.1f} s)" if started_broker else ""))
@@ -73,7 +80,7 @@ def up(demo: bool, rate: float, bad_rate: float, duration: float | None) -> None
         supervisor = Supervisor(
             {stage: [sys.executable, "-m", "tidegate.cli.main", "stage", "run", stage]
              for stage in STAGES},
-            log_dir=settings.data_dir.resolve() / "logs",
+            log_dir=settings.data_dir.resolve() / "logs", child_env=_stage_env(settings),
         )
         supervisor.start()
         click.echo(f"{len(STAGES)} stages running; logs in {settings.data_dir / 'logs'}; "
@@ -160,12 +167,47 @@ def _restart_stalled_partitions(watch: HealthWatch, supervisor: Supervisor,
 
 
 @click.command()
-def init() -> None:
-    """Create the catalog's topics and, if the registry is empty, train the example models."""
-    _prepare(load_settings())
+@click.option("--acls", is_flag=True,
+              help="Also create the least-privilege ACLs of every stage principal and operator.")
+@click.option("--dry-run", is_flag=True,
+              help="With --acls: print the ACLs one per line and connect to nothing.")
+def init(acls: bool, dry_run: bool) -> None:
+    """Create the catalog's topics and, if the registry is empty, train the example models.
+
+    With --acls, first grant the pipeline's ACLs on the configured cluster (KAFKA_* settings
+    of a principal allowed to alter ACLs); on the secure embedded broker they are always
+    granted, as its admin.
+    """
+    settings = load_settings()
+    if dry_run and not acls:
+        raise click.UsageError("--dry-run needs --acls")
+    if dry_run:
+        for grant in pipeline_acls(settings):
+            click.echo(grant.line())
+        return
+    if acls and embedded_material(settings) is None:
+        _grant(settings)
+    _prepare(settings)
+
+
+def _grant(settings: Settings) -> None:
+    grants = pipeline_acls(settings)
+    count = apply_acls(admin_config(settings), grants)
+    principals = len({grant.principal for grant in grants})
+    click.echo(f"acls: {count} granted to {principals} principals")
+
+
+def _stage_env(settings: Settings) -> dict[str, dict[str, str]]:
+    """Each stage's own principal, on the secure embedded broker; else nothing."""
+    material = embedded_material(settings)
+    if material is None or settings.security:  # credentials the user set win
+        return {}
+    return {stage: material.environment(stage) for stage in STAGES}
 
 
 def _prepare(settings: Settings) -> None:
+    if embedded_material(settings) is not None:  # our broker: the stages need their ACLs
+        _grant(settings)
     reports = ensure_topics(client_config(settings), CATALOG, prefix=settings.topic_prefix,
                             replication=settings.replication_factor)
     if bad := [r for r in reports if r.action == "mismatch"]:

@@ -11,12 +11,13 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, ConfigResource, NewTopic
 
 from tidegate.errors import BrokerError
+from tidegate.kafka.refusal import Refusals, authorization_error
 from tidegate.settings import ClientConfig
 from tidegate.topics import TopicSpec
 
@@ -59,8 +60,10 @@ def ensure_topics(
                 future.result()
                 created.add(name)
             except KafkaException as exc:
-                if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
-                    raise BrokerError(f"cannot create topic {name}: {exc.args[0].str()}") from exc
+                error = exc.args[0]
+                if error.code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                    raise (authorization_error(error, config, f"create topic {name}")
+                           or BrokerError(f"cannot create topic {name}: {error.str()}")) from exc
     # A topic created a moment ago (here or by someone else) may be missing from metadata yet.
     deadline = time.monotonic() + _TIMEOUT
     while True:
@@ -83,10 +86,7 @@ def describe_topics(
     """Each catalog topic as the cluster has it, with every difference from the catalog."""
     admin = admin or _admin(config)
     specs = list(specs)
-    try:
-        metadata = admin.list_topics(timeout=_TIMEOUT).topics
-    except KafkaException as exc:
-        raise BrokerError(f"cannot reach the cluster: {exc.args[0].str()}") from exc
+    metadata = _list(admin)
     present = [spec for spec in specs if spec.name(prefix) in metadata]
     resources = [ConfigResource("topic", spec.name(prefix)) for spec in present]
     described = admin.describe_configs(resources, request_timeout=_TIMEOUT) if resources else {}
@@ -127,12 +127,28 @@ def _compare(
 
 
 def _existing(admin: AdminClient) -> set[str]:
+    return set(_list(admin))
+
+
+def _list(admin: AdminClient) -> dict[str, Any]:
+    """The cluster's topics (those this principal may describe); a refusal says its cause."""
+    if isinstance(admin, _Admin):
+        return dict(admin.refusals.request(
+            admin, lambda step: admin.list_topics(timeout=step), timeout=_TIMEOUT).topics)
     try:
-        return set(admin.list_topics(timeout=_TIMEOUT).topics)
+        return dict(admin.list_topics(timeout=_TIMEOUT).topics)
     except KafkaException as exc:
         raise BrokerError(f"cannot reach the cluster: {exc.args[0].str()}") from exc
 
 
+class _Admin(AdminClient):
+    """An admin client that knows why the cluster refused it."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.refusals = Refusals(config)
+        # librdkafka's own log goes to the Refusals, not to a CLI user's terminal
+        super().__init__({**config, **self.refusals.hooks()})
+
+
 def _admin(config: ClientConfig) -> AdminClient:
-    # librdkafka logs informational lines on close that mean nothing to a CLI user.
-    return AdminClient({"log_level": "3", **config})
+    return _Admin(config)

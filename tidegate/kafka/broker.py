@@ -9,6 +9,9 @@ Example::
     state = start_broker(settings)
     print(state.bootstrap)        # 127.0.0.1:41234
     stop_broker(settings)
+
+With ``secure=True`` the broker listens with SASL_SSL (SCRAM-SHA-512) and enforces ACLs; its CA,
+certificate and principals are made once under ``<broker dir>/secure`` (``tidegate.kafka.secure``).
 """
 
 from __future__ import annotations
@@ -16,11 +19,7 @@ from __future__ import annotations
 import base64
 import contextlib
 import json
-import os
 import shlex
-import shutil
-import signal
-import socket
 import subprocess
 import time
 import uuid
@@ -30,23 +29,33 @@ from pathlib import Path
 from confluent_kafka import KafkaException
 from confluent_kafka.admin import AdminClient
 
-from tidegate.errors import BrokerError, BrokerStartError
+from tidegate.errors import BrokerStartError
 from tidegate.kafka.broker_config import log4j_config, server_properties
+from tidegate.kafka.host import alive, choose_ports, death_signal_prefix, free_port, terminate
 from tidegate.kafka.jars import classpath, require_tool, resolve_jars
-from tidegate.settings import Settings
+from tidegate.kafka.secure import (
+    ADMIN,
+    SecureMaterial,
+    create_principals,
+    ensure_material,
+    load_material,
+    write_private,
+)
+from tidegate.settings import ClientConfig, Settings
 
 __all__ = [
     "BrokerState",
     "broker_status",
     "death_signal_prefix",
     "read_state",
+    "secure_dir",
     "start_broker",
     "stop_broker",
 ]
 
 _STATE = "broker.json"
-_PORTS = "ports.json"
 _MAIN_CLASS = "kafka.Kafka"
+_FORMATTED_SECURE = "formatted"  # in the secure dir: the storage holds the admin's credential
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -63,6 +72,7 @@ class BrokerState:
     start_seconds: float
     jmx_port: int | None = None
     already_running: bool = False
+    secure: bool = False
 
 
 def read_state(directory: Path) -> BrokerState | None:
@@ -78,26 +88,47 @@ def read_state(directory: Path) -> BrokerState | None:
     return state if _is_our_broker(state.pid, directory) else None
 
 
+def secure_dir(settings: Settings) -> Path:
+    """Where the secure broker keeps its CA, certificate and credentials."""
+    return settings.broker_dir.resolve() / "secure"
+
+
 def start_broker(settings: Settings, *, die_with_parent: bool = False,
-                 jmx: bool = False) -> BrokerState:
+                 jmx: bool = False, secure: bool = False) -> BrokerState:
     """Start the broker unless one already runs in the data dir; return once it answers.
 
     ``die_with_parent`` ties the broker's life to the calling process (test sessions, ``up``),
     so a killed parent leaves no java process behind. ``jmx`` opens the broker's JMX metrics on
     a free loopback port (``BrokerState.jmx_port``), without authentication: for the benchmark's
-    request counts, not for a broker other users share.
+    request counts, not for a broker other users share. ``secure`` starts it with SASL_SSL and
+    ACLs; a data dir keeps the mode it was first started in.
     """
     directory = settings.broker_dir.resolve()
     running = read_state(directory)
     if running is not None:
+        if running.secure != secure:
+            raise BrokerStartError(f"a broker {_mode(running.secure)} already runs in "
+                                   f"{directory}; stop it first")
         return BrokerState(**{**asdict(running), "already_running": True})
     java = require_tool("java")
     libs = resolve_jars(settings.cache_dir, settings.kafka_version)
     directory.mkdir(parents=True, exist_ok=True)
-    broker_port, controller_port = _choose_ports(settings, directory)
     storage = directory / "data"
+    formatted = (storage / "meta.properties").exists()
+    was_secure = (secure_dir(settings) / _FORMATTED_SECURE).exists()
+    if formatted and was_secure != secure:
+        raise BrokerStartError(
+            f"the broker in {directory} was created {_mode(was_secure)}; start it "
+            f"{'with' if was_secure else 'without'} --secure, or use another TIDEGATE_DATA_DIR")
+    material = ensure_material(secure_dir(settings)) if secure else None
+    broker_port, controller_port = choose_ports(
+        (settings.broker_port, settings.controller_port), directory)
     properties = directory / "server.properties"
-    properties.write_text(server_properties(broker_port, controller_port, storage))
+    text = server_properties(broker_port, controller_port, storage, secure=material)
+    if material is None:
+        properties.write_text(text)
+    else:  # it holds the admin's password and the keystore's
+        write_private(properties, text)
     (directory / "log4j2.properties").write_text(log4j_config(directory / "logs"))
     cp = classpath(settings.cache_dir, settings.kafka_version)
     # C1 only: with C2, the JIT's compiler threads spent about 60 µs of CPU per event in the
@@ -107,7 +138,7 @@ def start_broker(settings: Settings, *, die_with_parent: bool = False,
            "-XX:TieredStopAtLevel=1", "-Xshare:auto", *shlex.split(settings.broker_jvm_options),
            f"-Dlog4j2.configurationFile={directory / 'log4j2.properties'}",
            f"-Dkafka.logs.dir={directory / 'logs'}", "-cp", cp]
-    jmx_port = _free_port(exclude=[broker_port, controller_port]) if jmx else None
+    jmx_port = free_port(exclude=[broker_port, controller_port]) if jmx else None
     jmx_flags = [] if jmx_port is None else [
         f"-Dcom.sun.management.jmxremote.port={jmx_port}",
         f"-Dcom.sun.management.jmxremote.rmi.port={jmx_port}",
@@ -115,8 +146,9 @@ def start_broker(settings: Settings, *, die_with_parent: bool = False,
         "-Dcom.sun.management.jmxremote.authenticate=false",
         "-Dcom.sun.management.jmxremote.ssl=false"]
     began = time.monotonic()
-    if not (storage / "meta.properties").exists():
-        _format_storage(jvm, properties)
+    if not formatted:
+        (secure_dir(settings) / _FORMATTED_SECURE).unlink(missing_ok=True)
+        _format_storage(jvm, properties, material)
     out = (directory / "kafka.out").open("ab")
     process = subprocess.Popen(
         [*death_signal_prefix(die_with_parent), jvm[0], *jmx_flags, *jvm[1:], _MAIN_CLASS,
@@ -126,16 +158,19 @@ def start_broker(settings: Settings, *, die_with_parent: bool = False,
     )
     out.close()
     bootstrap = f"127.0.0.1:{broker_port}"
+    probe = _probe_config(bootstrap, material)
     try:
-        _wait_ready(bootstrap, process, directory, settings.broker_start_timeout)
+        _wait_ready(probe, process, directory, settings.broker_start_timeout)
+        if material is not None:  # idempotent: every start converges on the stored passwords
+            create_principals(probe, material)
     except BaseException:
-        _terminate(process.pid, settings.broker_stop_timeout)
+        terminate(process.pid, settings.broker_stop_timeout)
         raise
     state = BrokerState(
         pid=process.pid, bootstrap=bootstrap, broker_port=broker_port,
         controller_port=controller_port, directory=str(directory), version=libs.parent.name,
         started_at=time.time(), start_seconds=round(time.monotonic() - began, 2),
-        jmx_port=jmx_port,
+        jmx_port=jmx_port, secure=material is not None,
     )
     (directory / _STATE).write_text(json.dumps(asdict(state), indent=2))
     return state
@@ -146,7 +181,7 @@ def stop_broker(settings: Settings) -> BrokerState | None:
     directory = settings.broker_dir.resolve()
     state = read_state(directory)
     if state is not None:
-        _terminate(state.pid, settings.broker_stop_timeout)
+        terminate(state.pid, settings.broker_stop_timeout)
     with contextlib.suppress(FileNotFoundError):
         (directory / _STATE).unlink()
     return state
@@ -157,75 +192,46 @@ def broker_status(settings: Settings) -> tuple[BrokerState | None, bool]:
     state = read_state(settings.broker_dir.resolve())
     if state is None:
         return None, False
-    return state, _answers(state.bootstrap, timeout=3.0)
+    material = load_material(secure_dir(settings)) if state.secure else None
+    return state, _answers(_probe_config(state.bootstrap, material), timeout=3.0)
 
 
 def log_file(settings: Settings) -> Path:
     return settings.broker_dir.resolve() / "logs" / "server.log"
 
 
-def _choose_ports(settings: Settings, directory: Path) -> tuple[int, int]:
-    """Configured ports, else the ones this broker had last time (so clients reconnect after a
-    restart), else free ones."""
-    previous = _previous_ports(directory)
-    chosen = []
-    for index, configured in enumerate((settings.broker_port, settings.controller_port)):
-        if configured:
-            if not _port_free(configured):
-                raise BrokerStartError(f"port {configured} on 127.0.0.1 is taken")
-            chosen.append(configured)
-        elif previous and previous[index] not in chosen and _port_free(previous[index]):
-            chosen.append(previous[index])
-        else:
-            chosen.append(_free_port(exclude=chosen))
-    (directory / _PORTS).write_text(json.dumps(chosen))
-    return chosen[0], chosen[1]
+def _mode(secure: bool) -> str:
+    return "with --secure" if secure else "without --secure"
 
 
-def _previous_ports(directory: Path) -> list[int] | None:
-    try:
-        ports = json.loads((directory / _PORTS).read_text())
-    except (OSError, ValueError):
-        return None
-    return ports if isinstance(ports, list) and len(ports) == 2 else None
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as probe:
-        # as Kafka binds: a port whose old connections linger in TIME_WAIT is free to listen on
-        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        try:
-            probe.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
-def _free_port(exclude: list[int]) -> int:
-    while True:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            port = int(probe.getsockname()[1])
-        if port not in exclude:
-            return port
-
-
-def _format_storage(jvm: list[str], properties: Path) -> None:
+def _format_storage(jvm: list[str], properties: Path, material: SecureMaterial | None) -> None:
     cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+    # The admin's SCRAM credential goes into the bootstrap metadata: the broker authenticates
+    # with it from its first moment; the other principals are created through the admin later.
+    scram = [] if material is None else [
+        f"--add-scram=SCRAM-SHA-512=[name={ADMIN},password={material.password(ADMIN)}]"]
     result = subprocess.run(
         # "--cluster-id=<id>": an id may start with "-", which a separate argument would turn
         # into an unknown option (about one start in 32)
         [*jvm, "kafka.tools.StorageTool", "format", f"--cluster-id={cluster_id}", "-c",
-         str(properties)],
+         str(properties), *scram],
         capture_output=True, text=True, check=False,
     )
     if result.returncode != 0:
         tail = (result.stdout + result.stderr).strip().splitlines()[-3:]
         raise BrokerStartError("formatting KRaft storage failed: " + " | ".join(tail))
+    if material is not None:
+        (material.directory / _FORMATTED_SECURE).write_text(cluster_id + "\n")
+
+
+def _probe_config(bootstrap: str, material: SecureMaterial | None) -> ClientConfig:
+    """How the broker's own checks connect: plainly, or as the admin on the secure listener."""
+    security = material.client_security(ADMIN) if material is not None else {}
+    return {"bootstrap.servers": bootstrap, **security}
 
 
 def _wait_ready(
-    bootstrap: str, process: subprocess.Popen[bytes], directory: Path, timeout: float
+    config: ClientConfig, process: subprocess.Popen[bytes], directory: Path, timeout: float
 ) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -233,15 +239,15 @@ def _wait_ready(
             raise BrokerStartError(
                 f"broker exited with code {process.returncode} at start: {_log_tail(directory)}"
             )
-        if _answers(bootstrap, timeout=1.0):
+        if _answers(config, timeout=1.0):
             return
         time.sleep(0.2)
     raise BrokerStartError(f"broker not ready after {timeout:.0f} s: {_log_tail(directory)}")
 
 
-def _answers(bootstrap: str, *, timeout: float) -> bool:
+def _answers(config: ClientConfig, *, timeout: float) -> bool:
     # log_level 0: librdkafka would log every refused connection while the broker boots.
-    admin = AdminClient({"bootstrap.servers": bootstrap, "log_level": 0})
+    admin = AdminClient({**config, "log_level": 0})
     try:
         metadata = admin.list_topics(timeout=timeout)
     except KafkaException:
@@ -261,39 +267,9 @@ def _log_tail(directory: Path, lines: int = 5) -> str:
     return "no log written"
 
 
-def _terminate(pid: int, timeout: float) -> None:
-    for sig, wait in ((signal.SIGTERM, timeout), (signal.SIGKILL, 10.0)):
-        try:
-            os.kill(pid, sig)
-        except ProcessLookupError:
-            return
-        if _wait_gone(pid, wait):
-            return
-    raise BrokerError(f"broker process {pid} survived SIGKILL")
-
-
-def _wait_gone(pid: int, timeout: float) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        with contextlib.suppress(ChildProcessError):
-            os.waitpid(pid, os.WNOHANG)  # reap it when it is our child
-        if not _alive(pid):
-            return True
-        time.sleep(0.1)
-    return not _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
-
-
 def _is_our_broker(pid: int, directory: Path) -> bool:
     """True when ``pid`` is a live Kafka java process started for ``directory``."""
-    if not _alive(pid):
+    if not alive(pid):
         return False
     try:
         cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
@@ -304,11 +280,3 @@ def _is_our_broker(pid: int, directory: Path) -> bool:
     )
 
 
-def death_signal_prefix(wanted: bool) -> list[str]:
-    """``setpriv --pdeathsig``: the kernel sends SIGTERM to the broker when its parent dies.
-
-    util-linux's setpriv sets it and then execs java; a preexec_fn would do the same but is
-    unsafe in a process that already runs librdkafka threads.
-    """
-    setpriv = shutil.which("setpriv") if wanted else None
-    return [setpriv, "--pdeathsig", "TERM", "--"] if setpriv else []

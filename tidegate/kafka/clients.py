@@ -1,13 +1,20 @@
-"""Which Kafka cluster tidegate talks to: KAFKA_BOOTSTRAP_SERVERS, else the embedded broker."""
+"""Which Kafka cluster tidegate talks to: KAFKA_BOOTSTRAP_SERVERS, else the embedded broker.
+
+Security comes from the environment (``KAFKA_SECURITY_PROTOCOL``, ``KAFKA_SASL_*``,
+``KAFKA_SSL_*``). When none is set and the embedded broker runs with ``--secure``, commands
+connect as its ``operator`` principal; only ``admin_config`` (creating ACLs) uses ``admin``.
+"""
 
 from __future__ import annotations
 
 from tidegate.errors import BrokerNotRunningError
-from tidegate.kafka.broker import read_state
+from tidegate.kafka.broker import read_state, secure_dir
+from tidegate.kafka.secure import ADMIN, OPERATOR, SecureMaterial, load_material
 from tidegate.settings import ClientConfig, Settings
 
 __all__ = [
-    "CONSUMER_DEFAULTS", "HOP_FETCH", "PRODUCER_DEFAULTS", "bootstrap_servers", "client_config",
+    "CONSUMER_DEFAULTS", "HOP_FETCH", "PRODUCER_DEFAULTS", "admin_config", "bootstrap_servers",
+    "client_config", "client_security", "embedded_material",
 ]
 
 # Every producer of stage outputs: acknowledged by all in-sync replicas, idempotent, lz4 batches,
@@ -40,6 +47,35 @@ def bootstrap_servers(settings: Settings) -> str:
     return state.bootstrap
 
 
+def client_security(settings: Settings, *, user: str = OPERATOR) -> dict[str, str]:
+    """The security settings of a client: the environment's, else those of ``user`` on the
+    secure embedded broker, else none (a plaintext broker).
+
+    >>> client_security(load_settings())["sasl.username"]   # on `broker start --secure`
+    'operator'
+    """
+    if settings.security or settings.kafka_bootstrap_servers:
+        return settings.security
+    material = embedded_material(settings)
+    return material.client_security(user) if material is not None else {}
+
+
+def embedded_material(settings: Settings) -> SecureMaterial | None:
+    """The secure embedded broker's principals, when tidegate talks to one."""
+    if settings.kafka_bootstrap_servers:
+        return None
+    state = read_state(settings.broker_dir.resolve())
+    return load_material(secure_dir(settings)) if state and state.secure else None
+
+
 def client_config(settings: Settings, **extra: str | int | float | bool) -> ClientConfig:
     """librdkafka settings for any client: bootstrap servers, security, then ``extra``."""
-    return {**settings.client_config(bootstrap_servers(settings)), **extra}
+    return {"bootstrap.servers": bootstrap_servers(settings), **client_security(settings),
+            **extra}
+
+
+def admin_config(settings: Settings) -> ClientConfig:
+    """Settings for what needs the super user (ACLs): the environment's principal on an
+    external cluster, the embedded secure broker's ``admin`` otherwise."""
+    return {"bootstrap.servers": bootstrap_servers(settings),
+            **client_security(settings, user=ADMIN)}

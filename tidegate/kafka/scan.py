@@ -26,6 +26,7 @@ from confluent_kafka import (
 
 from tidegate.errors import BrokerError
 from tidegate.kafka.clients import CONSUMER_DEFAULTS
+from tidegate.kafka.refusal import Refusals, authorization_error
 from tidegate.retry import retry_sync, stop_after_delay, wait_fixed
 from tidegate.settings import ClientConfig
 
@@ -41,13 +42,12 @@ def read_topic(
     ``tail`` starts each partition that many messages before its end instead of at the
     beginning. ``idle_timeout`` bounds how long reading waits for a message it knows exists.
     """
+    refusals = Refusals(config)
     consumer = Consumer({**CONSUMER_DEFAULTS, **config, "group.id": "tidegate-reader",
-                         "enable.partition.eof": True})
+                         "enable.partition.eof": True, **refusals.hooks()})
     try:
-        try:
-            metadata = consumer.list_topics(topic, timeout=10)
-        except KafkaException as exc:
-            raise BrokerError(f"cannot reach the cluster: {exc.args[0].str()}") from exc
+        metadata = refusals.request(
+            consumer, lambda step: consumer.list_topics(topic, timeout=step), timeout=10)
         info = metadata.topics.get(topic)
         if info is None or info.error is not None or not info.partitions:
             raise BrokerError(f"topic {topic} does not exist")
@@ -76,7 +76,8 @@ def read_topic(
                     if not follow:
                         open_parts.discard(message.partition() or 0)
                     continue
-                raise BrokerError(f"reading {topic}: {error.str()}")
+                raise (authorization_error(error, config, f"read {topic}")
+                       or BrokerError(f"reading {topic}: {error.str()}"))
             partition = message.partition() or 0
             offset = message.offset() or 0
             if not follow and offset >= ends[partition][1]:

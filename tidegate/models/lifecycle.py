@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaError, Producer
 
 from tidegate.codec import Codec
 from tidegate.control import command, command_key
@@ -33,6 +33,7 @@ from tidegate.errors import (
     TidegateError,
 )
 from tidegate.kafka.clients import client_config
+from tidegate.kafka.refusal import Refusals, authorization_error, flush_or_raise
 from tidegate.models.registry import ModelRegistry, ModelVersion
 from tidegate.models.shadow import (
     SHADOW_EVENTS,
@@ -78,11 +79,13 @@ def issue_command(settings: Settings, record: Mapping[str, Any], *,
     record = sign(record, settings.control_keys)
     codec = Codec(registry_url=settings.schema_registry_url)
     topic = by_key("control").name(settings.topic_prefix)
-    producer = Producer(client_config(settings, acks="all", log_level=3))
-    failures: list[str] = []
+    config = client_config(settings, acks="all")
+    refusals = Refusals(config)
+    producer = Producer({**config, **refusals.hooks()})
+    failures: list[KafkaError] = []
 
     def delivered(err: Any, _message: Any) -> None:
-        failures.extend([str(err)] if err else [])
+        failures.extend([err] if err else [])
 
     producer.produce(topic, key=command_key(record), on_delivery=delivered,
                      value=codec.encode("tidegate.ControlCommand", record, topic=topic))
@@ -91,9 +94,14 @@ def issue_command(settings: Settings, record: Mapping[str, Any], *,
         body = {"kind": "control", **record, **(audit or {})}
         producer.produce(spec.name(settings.topic_prefix), key=b"control",
                          value=json.dumps(body).encode(), on_delivery=delivered)
-    if producer.flush(timeout) or failures:
-        why = failures[0] if failures else f"no acknowledgement within {timeout:g} s"
-        raise BrokerError(f"the {record['action']} command was not delivered: {why}")
+    left = flush_or_raise(producer, refusals, timeout)
+    if failures:
+        refused = authorization_error(failures[0], config, f"write {topic} (or the audit topic)")
+        raise refused or BrokerError(
+            f"the {record['action']} command was not delivered: {failures[0].str()}")
+    if left:
+        raise BrokerError(f"the {record['action']} command was not delivered: "
+                          f"no acknowledgement within {timeout:g} s")
 
 
 @dataclass(frozen=True)

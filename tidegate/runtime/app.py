@@ -12,15 +12,19 @@ import ssl
 import faust
 
 from tidegate.errors import ConfigError
-from tidegate.kafka.clients import bootstrap_servers
+from tidegate.kafka.clients import bootstrap_servers, client_security
 from tidegate.settings import Settings
 
 __all__ = ["create_app", "credentials", "input_group"]
 
 
 def credentials(settings: Settings) -> faust.types.auth.CredentialsT | None:
-    """Faust credentials from the same security settings every librdkafka client gets."""
-    security = settings.security
+    """Faust credentials from the same security settings every librdkafka client gets.
+
+    SCRAM-SHA-512 over TLS, as on the secure embedded broker, becomes aiokafka's SASL_SSL with
+    an SSL context that trusts ``KAFKA_SSL_CA_LOCATION``.
+    """
+    security = client_security(settings)
     protocol = security.get("security.protocol", "PLAINTEXT").upper()
     if protocol == "PLAINTEXT":
         return None
