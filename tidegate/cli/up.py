@@ -38,8 +38,9 @@ STAGES = STAGE_ORDER
 STOP_GRACE = 10.0
 SILENT_INTERVALS = 3
 # A stage process takes seconds to boot (more on busy cores): not a stall, however short
-# TIDEGATE_STALL_SECONDS is.
-START_GRACE = 60.0
+# TIDEGATE_STALL_SECONDS is. No longer than the default stall limit, though: a process that
+# hangs before its first report is as stalled as one that hangs later.
+START_GRACE = 30.0
 log = logging.getLogger(__name__)
 
 
