@@ -18,6 +18,7 @@ import os
 import re
 import threading
 import time
+from array import array
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -107,7 +108,7 @@ def conservation(produced: np.ndarray, outcomes: np.ndarray) -> dict[str, int]:
 
 def _outcome_digests(config: ClientConfig, prefix: str) -> tuple[np.ndarray, dict[str, int]]:
     """Digests of the event id of every prediction and dead letter, and the count per topic."""
-    codec, digests, counts = Codec(), [], {}
+    codec, digests, counts = Codec(), array("Q"), {}
     for message in read_topic(config, prefix + "predictions"):
         digests.append(_digest(codec.decode(message.value() or b"")["event_id"]))
     counts["predictions"] = len(digests)
@@ -119,7 +120,7 @@ def _outcome_digests(config: ClientConfig, prefix: str) -> tuple[np.ndarray, dic
             event_id = context_of(message.headers()).get("event.id")
             digests.append(_digest(event_id if event_id else message.value() or b""))
         counts[f"dlq.{stage}"] = len(digests) - before
-    return np.array(digests, dtype=np.uint64), counts
+    return np.frombuffer(digests, dtype=np.uint64), counts
 
 
 def _ended(config: ClientConfig, prefix: str) -> int:
@@ -161,7 +162,7 @@ def _soak(settings: Settings, bootstrap: str, *, minutes: float, rate: float,
     supervisor = Supervisor(_stage_commands(1),
                             log_dir=settings.data_dir.resolve() / "soak-logs", env=env)
     samples: list[dict[str, Any]] = []
-    produced: list[int] = []
+    produced = array("Q")  # 8 bytes an event: 9 million events in a 30-minute run
     stop = threading.Event()
     began = time.time()
 
@@ -207,7 +208,7 @@ def _soak(settings: Settings, bootstrap: str, *, minutes: float, rate: float,
             "out_per_s": len(outcomes) / done_seconds if done_seconds else 0.0,
             "outcomes": per_topic, "samples": samples, "baseline_s": since,
             "short": minutes < 6, "growth": figures, "growth_ok": verdict(figures),
-            "conservation": conservation(np.array(produced, dtype=np.uint64), outcomes)}
+            "conservation": conservation(np.frombuffer(produced, dtype=np.uint64), outcomes)}
 
 
 def conserved(report: dict[str, Any]) -> bool:
