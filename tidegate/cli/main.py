@@ -12,6 +12,7 @@ from tidegate.cli.control import control
 from tidegate.cli.data import produce, tail
 from tidegate.cli.dlq import dlq
 from tidegate.cli.model import model
+from tidegate.cli.soak import soak
 from tidegate.cli.stage import stage
 from tidegate.cli.topics import topics
 from tidegate.cli.up import init, status, up
@@ -32,7 +33,7 @@ def cli() -> None:
 cli.add_command(broker)
 cli.add_command(topics)
 cli.add_command(stage)
-for _command in (init, up, status, produce, tail, dlq, model, bench, control):
+for _command in (init, up, status, produce, tail, dlq, model, bench, soak, control):
     cli.add_command(_command)
 
 
