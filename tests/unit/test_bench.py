@@ -11,8 +11,8 @@ from tidegate.cli.benchmark import (
     _per_event,
     _per_stage,
     _restamp,
-    _stage_commands,
     render,
+    stage_commands,
     verdicts,
 )
 from tidegate.codec import Codec
@@ -92,11 +92,11 @@ def test_a_set_latency_rate_is_named_as_such() -> None:
 
 
 def test_data_stages_get_workers_and_monitoring_stays_single() -> None:
-    one = _stage_commands(1)
+    one = stage_commands(1)
     assert sorted(one) == ["feature", "inference", "ingest", "monitoring", "validation"]
     assert one["ingest"] == [sys.executable, "-m", "tidegate.cli.main", "stage", "run",
                              "ingest", "--worker", "0"]
-    two = _stage_commands(2)
+    two = stage_commands(2)
     assert sorted(two) == ["feature.1", "feature.2", "inference.1", "inference.2", "ingest.1",
                            "ingest.2", "monitoring", "validation.1", "validation.2"]
     assert two["validation.2"][-2:] == ["--worker", "1"]

@@ -39,6 +39,12 @@ def test_growth_without_a_sample_after_the_baseline_is_empty() -> None:
     assert growth(samples()[:5], since=300.0) == {}
 
 
+def test_growth_over_a_single_sample_is_not_measured() -> None:
+    only = [s for s in samples() if s["t"] <= 300.0]
+    assert only[-1]["t"] >= 300.0
+    assert growth(only, since=300.0) == {}
+
+
 def test_short_runs_measure_from_after_one_minute() -> None:
     assert baseline_seconds(30) == 300.0
     assert baseline_seconds(6) == 300.0

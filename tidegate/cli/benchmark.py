@@ -38,7 +38,7 @@ from tidegate.kafka.jmx import BrokerMeters, read_meters
 from tidegate.settings import Settings
 from tidegate.topics import CATALOG, STAGE_ORDER
 
-__all__ = ["render", "run_bench"]
+__all__ = ["fill_topic", "render", "run_bench", "scratch_cluster", "stage_commands"]
 
 STAGES = STAGE_ORDER
 SETTLE_SECONDS = 15.0
@@ -55,7 +55,8 @@ TARGETS = {"broker_us": 25.0, "stages_us": 60.0, "half_p99_ms": 250.0, "low_p99_
 
 
 @contextmanager
-def _cluster(settings: Settings, jmx: str | None) -> Iterator[tuple[str, int | None, str | None]]:
+def scratch_cluster(settings: Settings, jmx: str | None
+                    ) -> Iterator[tuple[str, int | None, str | None]]:
     """The configured cluster, or a fresh embedded broker that lives as long as the bench.
 
     Yields the bootstrap servers, the embedded broker's pid (None for a configured cluster) and
@@ -103,7 +104,7 @@ def raw_passthrough(bootstrap: str, values: list[bytes]) -> dict[str, float]:
     stamp = int(time.time())
     source, sink = f"bench.raw.in.{stamp}", f"bench.raw.out.{stamp}"
     _create(bootstrap, source, sink)
-    _fill(bootstrap, source, values)
+    fill_topic(bootstrap, source, values)
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": f"bench-raw-{stamp}",
                          "auto.offset.reset": "earliest", "enable.auto.commit": False})
     producer = Producer({"bootstrap.servers": bootstrap, "linger.ms": 5, "acks": "all"})
@@ -133,9 +134,9 @@ def _produce(producer: Producer, topic: str, value: bytes, key: bytes | None = N
             producer.poll(0.05)
 
 
-def _fill(bootstrap: str, topic: str, values: list[bytes], keys: list[bytes | None] | None = None,
-          rate: float = 0.0, lags: list[float] | None = None, start: float | None = None
-          ) -> float:
+def fill_topic(bootstrap: str, topic: str, values: list[bytes],
+               keys: list[bytes | None] | None = None, rate: float = 0.0,
+               lags: list[float] | None = None, start: float | None = None) -> float:
     """Produce ``values`` (at ``rate`` per second when given, event ``i`` due at ``start`` +
     i / rate, epoch seconds, default now); ``lags`` collects how late each send was against
     its schedule, in ms: what the load generator adds to the latency.
@@ -234,7 +235,7 @@ def _threads(pid: int) -> dict[str, float]:
     return threads
 
 
-def _stage_commands(workers: int) -> dict[str, list[str]]:
+def stage_commands(workers: int) -> dict[str, list[str]]:
     """One process per stage, or ``workers`` per data stage (monitoring serves HTTP: one)."""
     commands = {}
     for stage in STAGES:
@@ -261,7 +262,7 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int, half_rate_seco
 
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TIDEGATE_TOPIC_PREFIX": prefix,
            "TIDEGATE_DATA_DIR": str(settings.data_dir.resolve()), "TIDEGATE_LOG_LEVEL": "WARNING"}
-    supervisor = Supervisor(_stage_commands(workers),
+    supervisor = Supervisor(stage_commands(workers),
                             log_dir=settings.data_dir.resolve() / "bench-logs", env=env)
     watcher = _PredictionWatcher(bootstrap, prefix + "predictions")
     watcher.start()
@@ -296,7 +297,7 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int, half_rate_seco
         time.sleep(max(0.0, start_ms / 1000 - time.time()))
         lags: list[float] = []
         began = time.monotonic()
-        _fill(bootstrap, prefix + "events", shifted, [m.key for m in steady], rate=rate,
+        fill_topic(bootstrap, prefix + "events", shifted, [m.key for m in steady], rate=rate,
               lags=lags, start=start_ms / 1000)
         watcher.wait_for(count, timeout=120)
         took = time.monotonic() - began
@@ -316,7 +317,7 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int, half_rate_seco
     try:
         # Warm-up: the stages join their groups and load the models.
         warm = list(example_messages(WARM_EVENTS, seed=1, events_per_second=1e6))
-        _fill(bootstrap, prefix + "events", [m.value for m in warm], [m.key for m in warm])
+        fill_topic(bootstrap, prefix + "events", [m.value for m in warm], [m.key for m in warm])
         if not watcher.wait_for(len(warm), timeout=120):
             raise RuntimeError(f"pipeline did not start: {len(watcher.seen)} of {len(warm)}")
         load = list(example_messages(events, seed=2, events_per_second=1e6))
@@ -325,7 +326,7 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int, half_rate_seco
         before = reading()
         watcher.seen.clear()
         began = time.time()
-        _fill(bootstrap, prefix + "events", values, keys)
+        fill_topic(bootstrap, prefix + "events", values, keys)
         complete = watcher.wait_for(len(load), timeout=600)
         finished = max(t for t, _ in watcher.seen) if watcher.seen else time.time()
         max_rate = len(watcher.seen) / (finished - began)
@@ -412,7 +413,7 @@ def run_bench(settings: Settings, *, events: int = 100_000, half_rate_seconds: f
     """
     sample = [m.value for m in example_messages(events, seed=2, events_per_second=1e6)]
     size = int(np.mean([len(v) for v in sample]))
-    with _cluster(settings, jmx) as (bootstrap, broker_pid, jmx_address):
+    with scratch_cluster(settings, jmx) as (bootstrap, broker_pid, jmx_address):
         ceiling = broker_ceiling(settings, bootstrap, records=events, size=size)
         raw = raw_passthrough(bootstrap, sample)
         pipeline = _pipeline(settings, bootstrap, events=events,

@@ -26,7 +26,7 @@ from typing import Any
 import click
 import numpy as np
 
-from tidegate.cli.benchmark import _cluster, _fill, _stage_commands
+from tidegate.cli.benchmark import fill_topic, scratch_cluster, stage_commands
 from tidegate.cli.supervisor import Supervisor
 from tidegate.codec import Codec
 from tidegate.deadletter import context_of
@@ -67,7 +67,7 @@ def growth(samples: list[dict[str, Any]], since: float) -> dict[str, dict[str, f
     ``samples``: ``{"t": seconds into the load, "rss_mb": {stage: MB}}`` in time order.
     """
     later = [s for s in samples if s["t"] >= since]
-    if not later:
+    if len(later) < 2:  # one sample is no interval to grow over
         return {}
     first, last = later[0], samples[-1]
     figures = {}
@@ -145,7 +145,7 @@ def _ended(config: ClientConfig, prefix: str) -> int:
 def run_soak(settings: Settings, *, minutes: float, rate: float,
              echo: Callable[[str], None] = click.echo) -> dict[str, Any]:
     """Run the soak and return its figures as plain data (see ``render``)."""
-    with _cluster(settings, None) as (bootstrap, _broker_pid, _jmx):
+    with scratch_cluster(settings, None) as (bootstrap, _broker_pid, _jmx):
         return _soak(settings, bootstrap, minutes=minutes, rate=rate, echo=echo)
 
 
@@ -159,7 +159,7 @@ def _soak(settings: Settings, bootstrap: str, *, minutes: float, rate: float,
     ensure_example_models(settings.model_copy(update={"topic_prefix": prefix}).registry_dir)
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": bootstrap, "TIDEGATE_TOPIC_PREFIX": prefix,
            "TIDEGATE_DATA_DIR": str(settings.data_dir.resolve()), "TIDEGATE_LOG_LEVEL": "WARNING"}
-    supervisor = Supervisor(_stage_commands(1),
+    supervisor = Supervisor(stage_commands(1),
                             log_dir=settings.data_dir.resolve() / "soak-logs", env=env)
     samples: list[dict[str, Any]] = []
     produced = array("Q")  # 8 bytes an event: 9 million events in a 30-minute run
@@ -184,8 +184,8 @@ def _soak(settings: Settings, bootstrap: str, *, minutes: float, rate: float,
         began = time.time()
         sampler.start()
         while batch := list(itertools.islice(stream, chunk)):
-            _fill(bootstrap, prefix + "events", [m.value for m in batch],
-                  [m.key for m in batch], rate=rate, start=began + len(produced) / rate)
+            fill_topic(bootstrap, prefix + "events", [m.value for m in batch],
+                       [m.key for m in batch], rate=rate, start=began + len(produced) / rate)
             produced.extend(_digest(m.event_id or m.value) for m in batch)
         sent_seconds = time.time() - began
         deadline = time.monotonic() + DRAIN_SECONDS
@@ -232,7 +232,7 @@ def render(report: dict[str, Any]) -> str:
                      f"{f['from_t']:.0f}-{f['to_t']:.0f} s): "
                      + ("met" if f["growth"] < GROWTH_GOAL else "over"))
     if not report["growth"]:
-        lines.append("  not measured: no sample after the baseline")
+        lines.append("  not measured: fewer than two samples after the baseline")
     lines.append(f"  growth: {'met' if report['growth_ok'] else 'NOT met'}")
     c = report["conservation"]
     lines.append(f"conservation: {c['once']:,} of {c['produced']:,} exactly once; lost "
