@@ -106,4 +106,4 @@ def test_bad_arguments_are_one_line_and_a_non_zero_exit(
 
 def test_help_gives_the_default_rate() -> None:
     result = CliRunner().invoke(cli, ["soak", "--help"])
-    assert result.exit_code == 0 and "5000" in result.output and "--json" in result.output
+    assert result.exit_code == 0 and "7500" in result.output and "--json" in result.output

@@ -6,7 +6,7 @@ come out exactly once, as a prediction or as one dead letter, after millions of 
 
 Example::
 
-    report = run_soak(settings, minutes=30, rate=5000)
+    report = run_soak(settings, minutes=30, rate=7500)
     print(render(report))
 """
 

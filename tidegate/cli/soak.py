@@ -11,7 +11,7 @@ from tidegate.settings import load_settings
 
 __all__ = ["soak"]
 
-DEFAULT_RATE = 5000.0
+DEFAULT_RATE = 7500.0
 
 
 @click.command()
