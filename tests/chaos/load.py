@@ -157,7 +157,9 @@ class Sampler(threading.Thread):
     def stop(self) -> None:
         self._stopping.set()
         self.join(10)
-        self._probes.clear()  # their clients go with them
+        for probe in self._probes.values():
+            probe.close()
+        self._probes.clear()
 
     def __enter__(self) -> Sampler:
         self.start()

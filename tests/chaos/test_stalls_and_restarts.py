@@ -138,7 +138,9 @@ def test_every_stage_recovers_from_a_broker_restart(tmp_path: Path) -> None:
         assert state.bootstrap == settings.kafka_bootstrap_servers, "the broker moved ports"
         produce(settings, messages[3000:])
         seen = _wait_all(settings, {m.event_id for m in messages}, timeout=180)
-        assert {m.event_id for m in messages} <= seen, "events lost across a broker restart"
+        lost = {m.event_id for m in messages} - seen
+        assert not lost, (f"{len(lost)} events lost across a broker restart; tidegate up said:\n"
+                          + "".join(up.lines[-60:]))
         print(f"\nbroker restart: all {len(messages)} events predicted "
               f"{time.monotonic() - began:.1f} s after the broker came back")
         assert up.process.poll() is None, "tidegate up died with the broker"

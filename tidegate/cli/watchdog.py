@@ -142,6 +142,8 @@ class HealthWatch(threading.Thread):
                     self._probe()
         finally:
             self._consumer.close()
+            for _, probe in self._probes:
+                probe.close()
 
     def _probe(self) -> None:
         """One OffsetFetch and one ListOffsets per probed stage; a failed probe is no news."""

@@ -1,7 +1,7 @@
 """Backpressure: a stage pauses while the stage after it lags too far behind.
 
 The lag of the next stage is its consumer group's distance to the end of this stage's output
-topic (high watermark minus committed offset, summed over partitions), read with the admin API.
+topic (high watermark minus committed offset, summed over partitions), read by ``LagProbe``.
 Above ``high`` the stage pauses its input; under ``low`` it resumes. Between them nothing
 changes, so the stage does not flap.
 
@@ -20,9 +20,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException, TopicPartition
-from confluent_kafka.admin import AdminClient, OffsetSpec
+from confluent_kafka import OFFSET_END, Consumer, KafkaException, TopicPartition
 
+from tidegate.kafka.clients import CONSUMER_DEFAULTS
 from tidegate.settings import ClientConfig
 
 __all__ = ["LagProbe", "LagValve", "PartitionOffsets"]
@@ -68,21 +68,28 @@ class LagProbe:
     """Reads a consumer group's lag on one topic (blocking: call it from a worker thread).
 
     A probe is two requests, sent together: the group's committed offsets (OffsetFetch) and
-    the end offsets of every partition (one ListOffsets). The partitions are looked up once and
-    again after a failed probe.
+    the end offsets of every partition (one ListOffsets per leader). Both go through a consumer
+    that carries the group's id but never joins the group. Not the admin client: its
+    ListConsumerGroupOffsets aborts the whole process on an internal assertion when a request
+    to the group coordinator times out across a broker restart (confluentinc/librdkafka#4605,
+    open), which took ``tidegate up`` and every stage with it. The partitions are looked up
+    once and again after a failed probe.
     """
 
     def __init__(self, config: ClientConfig, *, group: str, topic: str,
                  timeout: float = 5.0) -> None:
         self.group, self.topic = group, topic
-        self._admin = AdminClient({"log_level": 3, **config})
+        self._consumer = Consumer({**CONSUMER_DEFAULTS, **config, "group.id": group})
         self._timeout = timeout
         self._partitions: list[int] | None = None
 
     def _topic_partitions(self) -> list[int]:
         if self._partitions is None:
-            metadata = self._admin.list_topics(self.topic, timeout=self._timeout)
-            self._partitions = sorted(metadata.topics[self.topic].partitions)
+            metadata = self._consumer.list_topics(self.topic, timeout=self._timeout)
+            found = metadata.topics[self.topic]
+            if found.error is not None:
+                raise KafkaException(found.error)
+            self._partitions = sorted(found.partitions)
         return self._partitions
 
     def lag(self) -> int | None:
@@ -93,18 +100,24 @@ class LagProbe:
     def offsets(self) -> dict[int, PartitionOffsets] | None:
         """Committed and end offset of every partition, or None when they cannot be read now."""
         try:
-            partitions = [TopicPartition(self.topic, p) for p in self._topic_partitions()]
-            committed = self._admin.list_consumer_group_offsets(
-                [ConsumerGroupTopicPartitions(self.group, partitions)],
-                request_timeout=self._timeout)[self.group]
-            latest = OffsetSpec.latest()  # type: ignore[no-untyped-call]
-            ends = self._admin.list_offsets({tp: latest for tp in partitions},
-                                            request_timeout=self._timeout)
-            done = {tp.partition: tp.offset for tp in committed.result().topic_partitions or []}
+            partitions = self._topic_partitions()
+            committed = self._consumer.committed(
+                [TopicPartition(self.topic, p) for p in partitions], timeout=self._timeout)
+            # a timestamp of OFFSET_END (-1) asks ListOffsets for the latest offset
+            ends = self._consumer.offsets_for_times(
+                [TopicPartition(self.topic, p, OFFSET_END) for p in partitions],
+                timeout=self._timeout)
+            for tp in (*committed, *ends):
+                if tp.error is not None:
+                    raise KafkaException(tp.error)
+            done = {tp.partition: tp.offset for tp in committed}
             # a partition the group never committed reads as OFFSET_INVALID (-1001)
             return {tp.partition: PartitionOffsets(committed=max(done.get(tp.partition, -1), -1),
-                                                   end=end.result().offset)
-                    for tp, end in ends.items()}
+                                                   end=tp.offset)
+                    for tp in ends}
         except (KafkaException, KeyError):
             self._partitions = None  # the topic may have changed: look it up again
             return None
+
+    def close(self) -> None:
+        self._consumer.close()
