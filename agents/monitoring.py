@@ -12,7 +12,10 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from prometheus_client.exposition import choose_encoder
+
 from tidegate.errors import CodecError
+from tidegate.monitoring.exposition import metrics_registry
 from tidegate.monitoring.oversight import Oversight
 from tidegate.monitoring.page import status_page
 from tidegate.monitoring.status import History, StatusBoard
@@ -38,6 +41,7 @@ def build(settings: Settings) -> StageRuntime:
     app = runtime.app
     oversight = Oversight(runtime, board)
     snapshot = oversight.snapshot  # what /status serves and the page reads
+    registry = metrics_registry(snapshot, board.batch_durations)
 
     async def watch_health(events: Sequence[Any]) -> Outputs:
         for event in events:
@@ -79,7 +83,9 @@ def build(settings: Settings) -> StageRuntime:
 
     @app.page("/metrics")
     async def metrics(web: Any, request: Any) -> Any:
-        return web.text(board.prometheus(), content_type="text/plain; version=0.0.4")
+        # the text format, or OpenMetrics when the scraper asks for it
+        encode, content_type = choose_encoder(request.headers.get("Accept", ""))
+        return web.bytes(encode(registry), headers={"Content-Type": content_type})
 
     return runtime
 

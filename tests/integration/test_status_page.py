@@ -22,6 +22,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from prometheus_client.openmetrics.parser import (
+    text_string_to_metric_families as parse_openmetrics,
+)
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.integration.pipeline import STAGE_NAMES, produce, running_pipeline, wait_until_healthy
 from tidegate.example.stream import example_messages
@@ -188,6 +192,34 @@ def test_the_page_renders_every_section_and_shows_data_only_as_text(tmp_path: Pa
     assert "no data yet" in dom.text["chart-throughput"]
 
 
+def _scrape(url: str) -> dict[str, dict[tuple[str, ...], float]]:
+    """Samples of the text format and of OpenMetrics, parsed by prometheus-client's own parsers;
+    the two must hold the same families. By family: label values (histograms: stage, le) to
+    value."""
+    with urllib.request.urlopen(url, timeout=5) as reply:
+        assert reply.headers.get_content_type() == "text/plain"
+        text = reply.read().decode()
+    request = urllib.request.Request(url, headers={"Accept": "application/openmetrics-text"})
+    with urllib.request.urlopen(request, timeout=5) as reply:
+        assert reply.headers.get_content_type() == "application/openmetrics-text"
+        openmetrics = reply.read().decode()
+    assert openmetrics.endswith("# EOF\n")
+    families: dict[str, dict[tuple[str, ...], float]] = {}
+    for family in text_string_to_metric_families(text):
+        samples = families.setdefault(family.name, {})
+        for sample in family.samples:
+            if family.type == "histogram" and not sample.name.endswith("_bucket"):
+                continue
+            samples[tuple(v for k, v in sorted(sample.labels.items(), key=_label_order))] = (
+                sample.value)
+    assert {f.name for f in parse_openmetrics(openmetrics)} == set(families)
+    return families
+
+
+def _label_order(item: tuple[str, str]) -> tuple[int, str]:
+    return (1 if item[0] == "le" else 0, "" if item[0] == "stage" else item[0])
+
+
 def test_the_page_of_a_running_pipeline_in_headless_chromium(pipeline_settings: Settings,
                                                              tmp_path: Path) -> None:
     base = f"http://{pipeline_settings.status_host}:{pipeline_settings.status_port}/"
@@ -208,6 +240,7 @@ def test_the_page_of_a_running_pipeline_in_headless_chromium(pipeline_settings: 
         middle = history["points"][len(rates) // 2]["time"]
         newer = _get(base + f"history?since={middle}")["points"]
         assert newer and all(point["time"] > middle for point in newer)
+        scraped = _scrape(base + "metrics")
         with urllib.request.urlopen(base + "status.html", timeout=5) as reply:
             assert reply.headers.get_content_type() == "text/html"
             assert b'<table id="stages">' in reply.read()
@@ -219,6 +252,11 @@ def test_the_page_of_a_running_pipeline_in_headless_chromium(pipeline_settings: 
         pictured = time.monotonic() - began
 
     assert dom.stage_rows[:5] == list(STAGE_NAMES)
+    assert scraped["tidegate_events"][("inference", "out")] > 0
+    assert scraped["tidegate_events"][("ingest", "in")] >= scraped["tidegate_events"][
+        ("ingest", "out")] > 0
+    assert scraped["tidegate_batch_duration_seconds"][("inference", "+Inf")] > 0
+    assert set(scraped["tidegate_stage_up"]) >= {(stage,) for stage in STAGE_NAMES}
     level = dom.text["crisis-level"].strip()
     assert level in (LEVELS if "crisis" in status else {"UNKNOWN"}), level
     assert any(points.count(",") >= 2 for lines in dom.lines.values() for points in lines), (

@@ -1,9 +1,7 @@
-"""The status board: stage states with an injected clock, totals, dead letters, Prometheus text."""
+"""The status board: stage states with an injected clock, totals, dead letters, predictions."""
 
 from __future__ import annotations
 
-import math
-import re
 from typing import Any
 
 import pytest
@@ -14,14 +12,6 @@ from tidegate.topics import STAGE_ORDER
 pytestmark = pytest.mark.unit
 
 T0 = 1_000_000.0
-SAMPLE = re.compile(
-    r'^(?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*)'
-    r'(?:\{(?P<labels>[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*"'
-    r'(?:,[a-zA-Z_][a-zA-Z0-9_]*="[^"\\\n]*")*)\})?'
-    r' (?P<value>\S+)$'
-)
-LABEL = re.compile(r'([a-zA-Z_][a-zA-Z0-9_]*)="([^"]*)"')
-COMMENT = re.compile(r"^# (?P<kind>HELP|TYPE) (?P<name>[a-zA-Z_:][a-zA-Z0-9_:]*) (?P<rest>.+)$")
 
 
 def health(stage: str, instance: str = "i-1", **fields: Any) -> dict[str, Any]:
@@ -33,36 +23,6 @@ def health(stage: str, instance: str = "i-1", **fields: Any) -> dict[str, Any]:
     }
     event.update(fields)
     return event
-
-
-def parse_prometheus(text: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    """Every sample of an exposition, checked line by line; each family is TYPEd first."""
-    assert text.endswith("\n")
-    typed: dict[str, str] = {}
-    samples: dict[tuple[str, frozenset[tuple[str, str]]], float] = {}
-    for line in text.splitlines():
-        comment = COMMENT.match(line)
-        if comment:
-            if comment["kind"] == "TYPE":
-                assert comment["name"] not in typed, f"TYPE twice: {line}"
-                assert comment["rest"] in ("counter", "gauge"), line
-                typed[comment["name"]] = comment["rest"]
-            continue
-        match = SAMPLE.match(line)
-        assert match is not None, f"not a sample line: {line!r}"
-        name = match["name"]
-        assert name in typed or name == "tidegate_stage_up", f"untyped sample: {line}"
-        labels = frozenset(LABEL.findall(match["labels"] or ""))
-        key = (name, labels)
-        assert key not in samples, f"sample twice: {line}"
-        value = float(match["value"])
-        assert not math.isnan(value)
-        samples[key] = value
-    return samples
-
-
-def labels(**pairs: str) -> frozenset[tuple[str, str]]:
-    return frozenset(pairs.items())
 
 
 def test_every_known_stage_starts_unknown() -> None:
@@ -139,40 +99,3 @@ def test_predictions_are_counted_by_path_and_flag() -> None:
     board.on_predictions([{"path": "fallback", "label": True}])
     assert board.snapshot(now=T0)["predictions"] == {
         "total": 4, "flagged": 2, "by_path": {"primary": 2, "static": 1, "fallback": 1}}
-
-
-def test_prometheus_text_has_the_expected_samples() -> None:
-    board = StatusBoard(stale_after=10.0)
-    board.on_health(health("ingest", records_in=12, records_out=10, dead_lettered=2, errors=1,
-                           dead_letters_by_code={"BAD_MAGIC": 2}, lag=4,
-                           latency_p50_ms=1.5, latency_p99_ms=9.25), now=T0)
-    board.on_health(health("validation"), now=T0 - 60)
-    board.on_predictions([{"path": "primary", "label": True}, {"path": "fallback", "label": 0}])
-
-    samples = parse_prometheus(board.prometheus(now=T0 + 1))
-
-    assert samples[("tidegate_stage_up", labels(stage="ingest"))] == 1
-    assert samples[("tidegate_stage_up", labels(stage="validation"))] == 0
-    assert samples[("tidegate_stage_up", labels(stage="monitoring"))] == 0
-    assert samples[("tidegate_records_in_total", labels(stage="ingest"))] == 12
-    assert samples[("tidegate_records_out_total", labels(stage="ingest"))] == 10
-    assert samples[("tidegate_dead_lettered_total", labels(stage="ingest"))] == 2
-    assert samples[("tidegate_errors_total", labels(stage="ingest"))] == 1
-    assert samples[("tidegate_dead_letters_total", labels(stage="ingest", code="BAD_MAGIC"))] == 2
-    assert samples[("tidegate_lag", labels(stage="ingest"))] == 4
-    assert samples[("tidegate_latency_ms", labels(stage="ingest", quantile="p50"))] == 1.5
-    assert samples[("tidegate_latency_ms", labels(stage="ingest", quantile="p99"))] == 9.25
-    assert samples[("tidegate_predictions_total", labels(path="primary"))] == 1
-    assert samples[("tidegate_predictions_total", labels(path="fallback"))] == 1
-    for name in ("tidegate_stage_up", "tidegate_records_in_total", "tidegate_lag"):
-        assert {dict(key[1])["stage"] for key in samples if key[0] == name} == set(STAGE_ORDER)
-
-
-def test_prometheus_text_of_an_empty_board_parses() -> None:
-    samples = parse_prometheus(StatusBoard().prometheus(now=T0))
-    assert {key[0] for key in samples} == {"tidegate_stage_up", "tidegate_records_in_total",
-                                           "tidegate_records_out_total",
-                                           "tidegate_dead_lettered_total",
-                                           "tidegate_errors_total", "tidegate_lag",
-                                           "tidegate_latency_ms"}
-    assert set(samples.values()) == {0.0}

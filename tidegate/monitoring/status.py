@@ -1,6 +1,7 @@
 """The status board monitoring keeps: per-stage health, dead letters by code, prediction paths.
 
-Served by the monitoring stage as JSON (``/status``) and Prometheus text (``/metrics``), and
+Served by the monitoring stage as JSON (``/status``) and Prometheus metrics (``/metrics``, see
+``tidegate.monitoring.exposition``), and
 printed by ``tidegate status``. ``History`` keeps a bounded series of chart points (``/history``)
 computed from successive snapshots.
 
@@ -14,10 +15,11 @@ Example::
 from __future__ import annotations
 
 import time
-from collections import Counter, deque
+from collections import Counter, defaultdict, deque
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tidegate.runtime.metrics import BATCH_SECONDS_BUCKETS, BATCH_SECONDS_PREFIX
 from tidegate.topics import STAGE_ORDER
 
 __all__ = ["History", "StatusBoard"]
@@ -33,6 +35,9 @@ class StatusBoard:
         self._latest: dict[str, dict[str, tuple[float, Mapping[str, Any]]]] = {}
         self._totals: dict[str, Counter[str]] = {}
         self._codes: dict[str, Counter[str]] = {}
+        # per stage: batches per duration bucket (bounds as health events name them) and seconds
+        self._batches: dict[str, Counter[str]] = {}
+        self._batch_seconds: defaultdict[str, float] = defaultdict(float)
         self.paths: Counter[str] = Counter()
         self.predicted = 0
         self.flagged = 0
@@ -46,13 +51,38 @@ class StatusBoard:
             totals[name] += int(event.get(name, 0))
         self._codes.setdefault(stage, Counter()).update(event.get("dead_letters_by_code", {}))
         for name, value in event.get("extra", {}).items():
-            if name.startswith("predictions.") and str(value).isdigit():
+            if name.startswith(BATCH_SECONDS_PREFIX):
+                self._on_batch_seconds(stage, name.removeprefix(BATCH_SECONDS_PREFIX), value)
+            elif name.startswith("predictions.") and str(value).isdigit():
                 kind = name.removeprefix("predictions.")
                 if kind == "flagged":
                     self.flagged += int(value)
                 else:
                     self.paths[kind] += int(value)
                     self.predicted += int(value)
+
+    def _on_batch_seconds(self, stage: str, part: str, value: str) -> None:
+        try:
+            amount = float(value)
+        except ValueError:
+            return
+        if part == "sum":
+            self._batch_seconds[stage] += amount
+        elif part.startswith("le."):
+            self._batches.setdefault(stage, Counter())[part.removeprefix("le.")] += int(amount)
+
+    def batch_durations(self) -> dict[str, tuple[list[tuple[str, int]], float]]:
+        """Per stage, the cumulative batch count at or under each bound (``+Inf`` last, as
+        Prometheus histograms give them) and the seconds of all batches together."""
+        bounds = [f"{b:g}" for b in BATCH_SECONDS_BUCKETS] + ["+Inf"]
+        out: dict[str, tuple[list[tuple[str, int]], float]] = {}
+        for stage, counts in self._batches.items():
+            running, cumulative = 0, list[tuple[str, int]]()
+            for bound in bounds:
+                running += counts[bound]
+                cumulative.append((bound, running))
+            out[stage] = (cumulative, self._batch_seconds[stage])
+        return out
 
     def on_predictions(self, records: Iterable[Mapping[str, Any]]) -> None:
         for record in records:
@@ -88,36 +118,6 @@ class StatusBoard:
         return {"time": now, "stages": stages,
                 "predictions": {"total": self.predicted, "flagged": self.flagged,
                                 "by_path": dict(self.paths)}}
-
-    def prometheus(self, *, now: float | None = None) -> str:
-        """The board in the Prometheus text exposition format."""
-        snap = self.snapshot(now=now)
-        lines = [
-            "# HELP tidegate_stage_up 1 when the stage sent a health event recently.",
-            "# TYPE tidegate_stage_up gauge",
-        ]
-        for stage, info in snap["stages"].items():
-            lines.append(f'tidegate_stage_up{{stage="{stage}"}} {int(info["state"] == "up")}')
-        for name in _TOTALS:
-            lines += [f"# TYPE tidegate_{name}_total counter"]
-            lines += [f'tidegate_{name}_total{{stage="{stage}"}} {info[name]}'
-                      for stage, info in snap["stages"].items()]
-        lines.append("# TYPE tidegate_dead_letters_total counter")
-        for stage, info in snap["stages"].items():
-            lines += [f'tidegate_dead_letters_total{{stage="{stage}",code="{code}"}} {count}'
-                      for code, count in sorted(info["dead_letters_by_code"].items())]
-        lines.append("# TYPE tidegate_lag gauge")
-        lines += [f'tidegate_lag{{stage="{stage}"}} {info["lag"]}'
-                  for stage, info in snap["stages"].items()]
-        lines.append("# TYPE tidegate_latency_ms gauge")
-        for stage, info in snap["stages"].items():
-            for q in ("p50", "p99"):
-                value = info[f"latency_{q}_ms"]
-                lines.append(f'tidegate_latency_ms{{stage="{stage}",quantile="{q}"}} {value}')
-        lines.append("# TYPE tidegate_predictions_total counter")
-        lines += [f'tidegate_predictions_total{{path="{path}"}} {count}'
-                  for path, count in sorted(snap["predictions"]["by_path"].items())]
-        return "\n".join(lines) + "\n"
 
 
 class History:

@@ -9,6 +9,7 @@ Example::
 
 from __future__ import annotations
 
+import bisect
 import os
 import random
 import socket
@@ -18,9 +19,16 @@ from collections.abc import Callable, Iterable, Mapping
 
 import numpy as np
 
-__all__ = ["StageMetrics", "instance_name"]
+__all__ = ["BATCH_SECONDS_BUCKETS", "BATCH_SECONDS_PREFIX", "StageMetrics", "instance_name"]
 
 _LATENCY_SAMPLES = 4096
+# Upper bounds of the batch-duration histogram (handler plus delivery, seconds); a health event
+# carries the interval's count per bucket as ``batch_seconds.le.<bound>`` (``+Inf`` last) and the
+# interval's total as ``batch_seconds.sum``: monitoring adds them up into a Prometheus histogram.
+BATCH_SECONDS_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+BATCH_SECONDS_PREFIX = "batch_seconds."
+_BUCKET_NAMES = (*(f"{BATCH_SECONDS_PREFIX}le.{b:g}" for b in BATCH_SECONDS_BUCKETS),
+                 f"{BATCH_SECONDS_PREFIX}le.+Inf")
 
 
 def instance_name(stage: str) -> str:
@@ -53,6 +61,7 @@ class StageMetrics:
         self.by_code: Counter[str] = Counter()
         self.counters: Counter[str] = Counter()
         self._timing = [0.0, 0.0]
+        self._batch_buckets = [0] * len(_BUCKET_NAMES)
         self._latencies: list[float] = []
         self._sampled = 0
 
@@ -85,6 +94,7 @@ class StageMetrics:
         self.counters["batch_messages"] += messages
         self._timing[0] += handle_s
         self._timing[1] += deliver_s
+        self._batch_buckets[bisect.bisect_left(BATCH_SECONDS_BUCKETS, handle_s + deliver_s)] += 1
 
     def count(self, name: str, n: int = 1) -> None:
         """An interval counter of the stage's own, sent in the health event's ``extra``."""
@@ -105,6 +115,10 @@ class StageMetrics:
         if batches:
             self.extra["handle_ms_per_batch"] = f"{1000 * self._timing[0] / batches:.1f}"
             self.extra["deliver_ms_per_batch"] = f"{1000 * self._timing[1] / batches:.1f}"
+        histogram = {name: str(n) for name, n in zip(_BUCKET_NAMES, self._batch_buckets,
+                                                       strict=True) if n}
+        if histogram:
+            histogram[f"{BATCH_SECONDS_PREFIX}sum"] = repr(sum(self._timing))
         event: dict[str, object] = {
             "stage": self.stage, "instance": self.instance, "time": int(time.time() * 1000),
             "interval_seconds": round(now - self._since, 3),
@@ -115,7 +129,8 @@ class StageMetrics:
             "breakers": dict(self.breakers), "paused": self.paused,
             "pause_reason": self.pause_reason, "model_version": self.model_version,
             "extra": {**self.extra, **{k: str(v) for k, v in self.counters.items()},
-                      **{k: v for report in self.reporters for k, v in report().items()}},
+                      **{k: v for report in self.reporters for k, v in report().items()},
+                      **histogram},
         }
         self._reset(now)
         return event
