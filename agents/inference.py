@@ -17,8 +17,15 @@ from tidegate.models.registry import ModelRegistry
 from tidegate.models.scoring import ModelScorer, Scorer
 from tidegate.monitoring.drift import DriftSketch
 from tidegate.outputs import Outputs, prediction_messages
+from tidegate.pipeline.canary import CanarySlot, ScoreBins, score_canary
 from tidegate.pipeline.feature import DRIFT_EXEMPT, FEATURE_NAMES
-from tidegate.pipeline.inference import Path, PrimarySwitch, ScoringChain, predictions
+from tidegate.pipeline.inference import (
+    Path,
+    PrimarySwitch,
+    ScoreResult,
+    ScoringChain,
+    predictions,
+)
 from tidegate.runtime.stage import StageRuntime
 from tidegate.settings import Settings
 
@@ -60,11 +67,28 @@ def build(settings: Settings) -> StageRuntime:
     # a version pinned by a promote or rollback command (recovered from the control topic)
     switch = PrimarySwitch(registry, chain, on_switch=on_switch, on_error=on_error)
     switch.switch_now(steering.mode)
+
+    def on_canary(scorer: ModelScorer | None) -> None:
+        runtime.metrics.breakers.pop("model:canary", None)
+        if scorer is None:
+            runtime.metrics.extra.pop("canary", None)
+            bins.version = None
+        else:
+            bins.version = scorer.version
+            canary.breaker = new_breaker("canary")  # a new candidate, a clean record
+            runtime.metrics.extra["canary"] = f"{scorer.version}@{canary.share:g}"
+        runtime.emit_health_soon()
+
+    # a candidate named by a canary command serves a stable share of the accounts
+    canary = CanarySlot(registry, on_change=on_canary, on_error=on_error)
+    bins = ScoreBins()  # the candidate's and production's scores, for monitoring to compare
+    runtime.metrics.reporters.append(bins.report)
     skips: dict[str | None, tuple[Path, ...]] = {
         "fallback": ("primary",), "static": ("primary", "fallback")}
 
     async def score_features(events: Sequence[Any]) -> Outputs:
         switch.refresh(steering.mode)  # cheap; a newly pinned model loads in a thread meanwhile
+        canary.refresh(steering.mode)
         batches, dead = unpack_messages(runtime.codec, events, stage=STAGE)
         usable: list[Batch] = []
         for part in batches:
@@ -80,21 +104,35 @@ def build(settings: Settings) -> StageRuntime:
         batch = Batch.concat(usable)
         outputs = Outputs(dead=dead, records_in=len(batch))
         skip = skips.get(steering.mode.degraded_to, ())
+        candidate = canary.active() if not skip else None  # a degraded stage serves no canary
         # one model call per SCORE_ROWS rows: a backlog makes batches bigger, and the slow-call
         # breaker must judge the model, not the size of the backlog
         for start in range(0, len(batch), SCORE_ROWS):
             chunk = batch.take(range(start, min(start + SCORE_ROWS, len(batch))))
-            result = chain.score(chunk.features, skip=skip)
-            if result.path == "primary":  # binned against the served model's reference
-                drift.add(chunk.features, result.scores)
-            records = predictions(chunk, result)
-            outputs.messages += prediction_messages(records, chunk.traceparents, encode=encode,
-                                                    topic=sink_name)
-            outputs.records_out += len(records)
-            outputs.latencies_ms += [r["latency_ms"] for r in records]
-            runtime.metrics.extra["path"] = result.path
-            runtime.metrics.count(f"predictions.{result.path}", len(records))
-            runtime.metrics.count("predictions.flagged", sum(r["label"] for r in records))
+            scored: list[tuple[Batch, ScoreResult]] = []
+            if candidate is not None:
+                tried, chunk = score_canary(chunk, candidate, canary.share,
+                                            breaker=canary.breaker)
+                if tried is not None:
+                    scored.append(tried)
+                    bins.add("candidate", tried[1].scores)
+                    runtime.metrics.count("canary_predictions", len(tried[0]))
+            if len(chunk):
+                result = chain.score(chunk.features, skip=skip)
+                if result.path == "primary":  # binned against the served model's reference
+                    drift.add(chunk.features, result.scores)
+                    if candidate is not None:
+                        bins.add("production", result.scores)
+                scored.append((chunk, result))
+                runtime.metrics.extra["path"] = result.path
+            for part, result in scored:
+                records = predictions(part, result)
+                outputs.messages += prediction_messages(records, part.traceparents,
+                                                        encode=encode, topic=sink_name)
+                outputs.records_out += len(records)
+                outputs.latencies_ms += [r["latency_ms"] for r in records]
+                runtime.metrics.count(f"predictions.{result.path}", len(records))
+                runtime.metrics.count("predictions.flagged", sum(r["label"] for r in records))
         return outputs
 
     runtime.consume(score_features, name="score_features")

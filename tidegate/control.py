@@ -30,9 +30,11 @@ __all__ = ["ACTIONS", "DEGRADE_TARGETS", "StageMode", "command", "command_key", 
 ACTIONS: dict[str, str] = {
     "degrade": "mode", "restore": "mode", "pause": "flow", "resume": "flow", "shed": "shed",
     "promote": "model", "rollback": "model", "threshold": "threshold",
+    "canary": "canary", "end_canary": "canary",
 }
-# actions only inference applies: the model version it serves and its decision threshold
-_MODEL_ACTIONS = ("promote", "rollback", "threshold")
+# actions only inference applies: the model version it serves, its decision threshold, and a
+# candidate version served to a share of accounts
+_MODEL_ACTIONS = ("promote", "rollback", "threshold", "canary", "end_canary")
 # what each stage can degrade to, first is the default
 DEGRADE_TARGETS: dict[str, tuple[str, ...]] = {
     "inference": ("fallback", "static"), "feature": ("imputed",),
@@ -84,6 +86,13 @@ def validate(record: Mapping[str, Any]) -> None:
         if action == "threshold":
             if not 0.0 <= _number(params.get("value")) <= 1.0:
                 raise ConfigError("threshold needs a value between 0 and 1")
+        elif action == "canary":
+            if not params.get("version"):
+                raise ConfigError("canary needs the candidate version (version=vN)")
+            if not 0.0 < _number(params.get("share")) <= 0.5:
+                raise ConfigError("canary needs a share above 0 and at most 0.5")
+        elif action == "end_canary":
+            pass
         elif not params.get("version"):
             raise ConfigError(f"{action} needs the model version to serve (version=vN)")
 
@@ -106,6 +115,8 @@ class StageMode:
     shed_share: float = 0.0
     model_version: str | None = None  # pinned by promote or rollback; None: registry production
     threshold: float | None = None  # set by a threshold command; None: the model's own
+    canary_version: str | None = None  # a candidate served to canary_share of the accounts
+    canary_share: float = 0.0
     last: dict[str, Mapping[str, Any]] = field(default_factory=dict)
     _applied: OrderedDict[str, None] = field(default_factory=OrderedDict)
 
@@ -133,6 +144,10 @@ class StageMode:
             self.model_version = params["version"]
         elif action == "threshold" and self.stage == "inference":
             self.threshold = float(params["value"])
+        elif action == "canary" and self.stage == "inference":
+            self.canary_version, self.canary_share = params["version"], float(params["share"])
+        elif action == "end_canary" and self.stage == "inference":
+            self.canary_version, self.canary_share = None, 0.0
         self.last[ACTIONS[action]] = record
         return True
 
@@ -141,6 +156,8 @@ class StageMode:
         parts = [self.degraded_to] if self.degraded_to else []
         if self.shed_share:
             parts.append(f"shed={self.shed_share:g}")
+        if self.canary_version:
+            parts.append(f"canary={self.canary_version}@{self.canary_share:g}")
         if self.paused:
             parts.append("paused")
         return ",".join(p for p in parts if p) or "normal"

@@ -327,7 +327,7 @@ def test_snapshot_shape_and_bounded_actions() -> None:
     snap = analyst.snapshot(T0 + 1000)
     assert [c["action"] for c in snap["actions"]] == ["degrade", "restore"]  # the last two
     assert json.loads(json.dumps(snap)) == snap
-    assert set(snap) == {"crisis", "alerts", "drift", "accuracy", "actions"}
+    assert set(snap) == {"crisis", "alerts", "drift", "accuracy", "actions", "canary"}
     run(analyst, T0 + 2000, T0 + 2000, breakers=OPEN)
     snap = analyst.snapshot(T0 + 2000)
     assert snap["crisis"] == {"system": "CRITICAL", "stages": {

@@ -1,10 +1,11 @@
-"""``tidegate model train|ls|promote|rollback|seal``: versions in the file-based registry.
+"""``tidegate model train|ls|promote|rollback|seal|canary``: versions in the file-based registry.
 
 Example::
 
     tidegate model train --candidate --seed 8           # new versions wait as candidates
     tidegate model promote fraud-primary v2 --reason "retrained"    # shadow check first
     tidegate model rollback fraud-primary --reason "alert rate doubled"
+    tidegate model canary fraud-primary v2 --share 0.1 --reason "retrained"   # live, then promoted
     tidegate model seal fraud-primary v1 --reason "metadata from before hashes; file checked"
 """
 
@@ -19,8 +20,10 @@ from tidegate.models.lifecycle import (
     PromotionRefusedError,
     Sample,
     Tolerances,
+    end_canary,
     promote,
     rollback,
+    start_canary,
     train_candidates,
 )
 from tidegate.models.registry import ModelRegistry, ModelVersion
@@ -34,7 +37,7 @@ _DEFAULTS = Tolerances()
 
 @click.group()
 def model() -> None:
-    """Train, list, promote, roll back and seal model versions."""
+    """Train, list, promote, roll back, seal and canary model versions."""
 
 
 def _short_hash(version: ModelVersion) -> str:
@@ -151,3 +154,28 @@ def seal_command(name: str, version: str, reason: str) -> None:
     trained. A version that has a hash cannot be sealed again."""
     sealed = ModelRegistry(load_settings().registry_dir).seal(name, version, reason=reason)
     click.echo(f"{name}:{sealed.version} sealed ({_short_hash(sealed)})")
+
+
+@model.command(name="canary")
+@click.argument("name")
+@click.argument("version", required=False)
+@click.option("--share", type=click.FloatRange(0, 0.5, min_open=True), default=0.1,
+              show_default=True, help="Share of the accounts the candidate serves.")
+@click.option("--stop", is_flag=True, help="End the running canary instead.")
+@_REASON
+def canary_command(name: str, version: str | None, share: float, stop: bool,
+                   reason: str) -> None:
+    """Serve VERSION of NAME to a stable share of the accounts beside production.
+
+    Monitoring compares its live accuracy (as labels arrive) and its score distribution with
+    production's, then promotes it or ends the canary; every prediction names its version."""
+    settings = load_settings()
+    if stop:
+        record = end_canary(settings, reason=reason)
+        click.echo(f"canary ended (command {record['id']})")
+        return
+    if version is None:
+        raise click.UsageError("name the candidate VERSION, or pass --stop")
+    record = start_canary(settings, name, version, share=share, reason=reason)
+    click.echo(f"{name}:{version} serves {share:.0%} of the accounts (command {record['id']}); "
+               "monitoring promotes it or ends the canary")

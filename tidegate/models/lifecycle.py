@@ -3,7 +3,9 @@
 :func:`~tidegate.models.shadow.shadow_check` compares a candidate with production first.
 :func:`promote` and :func:`rollback` change the registry, then issue the command that pins the
 version in running inference stages (a restarted stage recovers it from the compacted control
-topic). :func:`issue_command` is how the CLI and the monitoring stage send any command.
+topic). :func:`start_canary` serves a candidate to a share of the accounts first (monitoring
+promotes it or ends the canary). :func:`issue_command` is how the CLI and the monitoring stage
+send any command.
 
 Example::
 
@@ -49,8 +51,8 @@ from tidegate.topics import CATALOG, by_key
 
 __all__ = [
     "SHADOW_EVENTS", "Promotion", "PromotionRefusedError", "Rollback", "Sample", "ShadowReport",
-    "Side", "Tolerances", "issue_command", "promote", "rollback", "shadow_check",
-    "train_candidates",
+    "Side", "Tolerances", "end_canary", "issue_command", "promote", "rollback", "shadow_check",
+    "start_canary", "train_candidates",
 ]
 
 Send = Callable[[dict[str, Any]], None]
@@ -187,6 +189,42 @@ def rollback(settings: Settings, name: str, *, reason: str, issuer: str | None =
                      parameters={"version": live.version, "model": name})
     _send(settings, send, record, {"model": name, "from": previous}, live)
     return Rollback(live, previous, record)
+
+
+def start_canary(settings: Settings, name: str, version: str, *, share: float, reason: str,
+                 issuer: str | None = None, registry: ModelRegistry | None = None,
+                 send: Send | None = None) -> dict[str, Any]:
+    """Serve ``version`` of the primary model to a stable ``share`` of the accounts; monitoring
+    compares it live with production and promotes it or ends the canary. Returns the command.
+
+    >>> start_canary(settings, "fraud-primary", "v2", share=0.1, reason="retrained")["action"]
+    'canary'
+    """
+    registry = registry or ModelRegistry(settings.registry_dir)
+    record = command("inference", "canary", parameters={
+        "version": version, "model": name, "share": f"{share:g}"},
+        reason=reason, issuer=issuer or getpass.getuser())  # bad share or reason: one line
+    if not _served(name):
+        raise ConfigError(f"{name} is not the model inference serves as its primary; a canary "
+                          "runs for that model only")
+    candidate = registry.get(name, version)
+    if candidate.version == registry.require_production(name).version:
+        raise ConfigError(f"{name} {version} is production already; a canary needs another "
+                          "version")
+    if not candidate.sha256:
+        raise ConfigError(f"{name} {version} has no recorded artifact hash, so inference would "
+                          f"refuse it: `tidegate model seal {name} {version}` first")
+    (send or (lambda rec: issue_command(settings, rec, audit={"model": name})))(record)
+    return record
+
+
+def end_canary(settings: Settings, *, reason: str, issuer: str | None = None,
+               send: Send | None = None) -> dict[str, Any]:
+    """End the running canary: every account is served by production again."""
+    record = command("inference", "end_canary", reason=reason,
+                     issuer=issuer or getpass.getuser())
+    (send or (lambda rec: issue_command(settings, rec)))(record)
+    return record
 
 
 def train_candidates(registry: ModelRegistry, *, events: int = 60_000,

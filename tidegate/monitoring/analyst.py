@@ -37,9 +37,11 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from tidegate.control import DEGRADE_TARGETS, command
+from tidegate.models.registry import PRIMARY
 from tidegate.monitoring.accuracy import LabelJoin, accuracy_finding
 from tidegate.monitoring.alerting import Alert, AlertBook, Finding, Level
 from tidegate.monitoring.anomaly import StageWatch, WatchConfig
+from tidegate.monitoring.canary import CANARY_BREAKER, CanaryJudge
 from tidegate.monitoring.drift import DriftMonitor, drift_finding
 from tidegate.topics import DATA_STAGES
 
@@ -81,6 +83,7 @@ class AnalystConfig:
     max_predictions: int = 100_000
     max_pending_labels: int = 20_000
     max_actions: int = 100
+    canary_min_scores: int = 500  # scores of each side before the canary's scores are judged
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_labels <= self.accuracy_window:
@@ -128,6 +131,9 @@ class Analyst:
         self._calm_since: float | None = None  # inference below CRITICAL since
         self.actions: deque[dict[str, Any]] = deque(maxlen=cfg.max_actions)
         self.counts: Counter[str] = Counter()
+        self.canary = CanaryJudge(metric=cfg.accuracy_metric, min_labels=cfg.min_labels,
+                                  max_drop=cfg.max_accuracy_drop, psi_threshold=cfg.psi_severe,
+                                  min_scores=cfg.canary_min_scores)
 
     def set_reference(self, version: str, reference: Mapping[str, Mapping[str, Any]],
                       accuracy_baselines: Mapping[str, float], *,
@@ -152,8 +158,10 @@ class Analyst:
         self._instances.setdefault(stage, {})[str(event.get("instance"))] = (now, event)
         self.watches[stage].observe(event, now)
         extra = event.get("extra") or {}
-        if stage == INFERENCE and "drift" in extra:
-            self._on_drift(extra, now)
+        if stage == INFERENCE:
+            self.canary.on_health(event)
+            if "drift" in extra:
+                self._on_drift(extra, now)
 
     def _on_drift(self, extra: Mapping[str, str], now: float) -> None:
         if self._ref is None or extra.get("drift_version") != self._ref.version:
@@ -175,7 +183,9 @@ class Analyst:
 
     def on_command(self, record: Mapping[str, Any]) -> None:
         """A control command seen on the control topic: an operator's change of the inference
-        mode after ours makes it theirs, and monitoring will not undo it."""
+        mode after ours makes it theirs, and monitoring will not undo it. A canary starts or
+        ends."""
+        self.canary.on_command(record)
         if (self._degraded is not None and record.get("issuer") != ISSUER
                 and record.get("target") in (INFERENCE, "system")
                 and record.get("action") in ("degrade", "restore")
@@ -210,7 +220,10 @@ class Analyst:
                         found.setdefault((stage, name), state)
         out = []
         for (stage, name), state in sorted(found.items()):
-            critical = name == "dead-letters" or (stage == INFERENCE and name.startswith("model:"))
+            # a failing candidate costs nothing (production answers its share): the canary
+            # judge ends it, and it is only a warning
+            critical = name == "dead-letters" or (stage == INFERENCE and name.startswith("model:")
+                                                  and name != CANARY_BREAKER)
             out.append(Finding(f"{stage}/breaker/{name}", "critical" if critical else "warning",
                                stage, "breaker", f"{stage}: breaker {name} is {state}",
                                {"breaker": name, "state": state}))  # fmt: skip
@@ -278,6 +291,14 @@ class Analyst:
             # the control command names the registry version: "v2" of "fraud-primary:v2"
             out.append(self._issue(INFERENCE, "rollback", {"version": previous.rpartition(":")[2]},
                                    accuracy.key, accuracy.message, now))
+        verdict = self.canary.judge(self.join, None if self._ref is None else self._ref.version)
+        if verdict is not None:
+            key = f"{INFERENCE}/canary/{verdict.details['candidate']}"
+            if verdict.action == "promote":
+                out.append(self._issue(INFERENCE, "promote", {"version": verdict.version,
+                                                              "model": PRIMARY},
+                                       key, verdict.reason, now))
+            out.append(self._issue(INFERENCE, "end_canary", {}, key, verdict.reason, now))
         # Load is no reason to stop taking load: an emergency made of latency and lag alerts
         # alone (an input spike) leaves ingest running; the events would wait in Kafka anyway.
         broken = [a for a in self.book.active() if a.severity in ("critical", "emergency")
@@ -316,4 +337,5 @@ class Analyst:
             "drift": drift,
             "accuracy": self.join.snapshot(),
             "actions": list(self.actions),
+            "canary": self.canary.snapshot(),
         }

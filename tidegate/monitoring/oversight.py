@@ -30,7 +30,7 @@ from typing import Any
 from tidegate.errors import CodecError, TidegateError
 from tidegate.kafka.clients import client_config
 from tidegate.kafka.reader import BatchReader, ReaderEvent
-from tidegate.models.lifecycle import issue_command, rollback
+from tidegate.models.lifecycle import issue_command, promote, rollback
 from tidegate.models.registry import PRIMARY, ModelRegistry
 from tidegate.monitoring.analyst import Analyst, AnalystConfig
 from tidegate.monitoring.status import StatusBoard
@@ -206,6 +206,12 @@ class Oversight:
                                 issuer=record["issuer"])
                 log.warning("rolled %s back to %s", PRIMARY, done.version.version)
                 return done.command
+            if record["action"] == "promote":  # a canary passed: the registry, then the pin
+                promoted = promote(self.runtime.settings, PRIMARY, record["parameters"]["version"],
+                               reason=record["reason"], issuer=record["issuer"], force=True)
+                log.warning("promoted %s %s after its canary", PRIMARY,
+                            promoted.version.version)
+                return promoted.command
             issue_command(self.runtime.settings, record)
             return record
         except TidegateError as exc:
