@@ -53,6 +53,7 @@ from tidegate.errors import (
     TruncatedAvroError,
     UnknownSchemaError,
 )
+from tidegate.flatavro import FlatWriter
 
 __all__ = [
     "CONFLUENT_MAGIC", "SINGLE_OBJECT_MAGIC", "AvroSchema", "Codec", "Encoder", "Format", "Record",
@@ -110,6 +111,7 @@ class AvroSchema:
     parsed: Any  # for writing: accepts datetimes for timestamp fields
     reading: Any  # for reading: logical types dropped
     fingerprint: bytes
+    flat: FlatWriter | None = None  # many records at once, for a flat schema
 
     @classmethod
     def from_json(cls, raw: Any) -> AvroSchema:
@@ -122,7 +124,8 @@ class AvroSchema:
         except (SchemaParseException, ValueError, TypeError, KeyError) as exc:
             raise InvalidSchemaError(f"invalid Avro schema {raw.get('name')!r}: {exc}") from exc
         digest = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))
-        return cls(str(cast(dict[str, Any], parsed)["name"]), raw, parsed, reading, digest)
+        return cls(str(cast(dict[str, Any], parsed)["name"]), raw, parsed, reading, digest,
+                   FlatWriter.compile(raw))
 
     def write(self, record: Mapping[str, Any], prefix: bytes = b"") -> bytes:
         """``prefix`` plus the Avro body of ``record``. Example: ``schema(name).write(record)``."""
@@ -137,6 +140,10 @@ class AvroSchema:
     def write_all(self, records: Sequence[Mapping[str, Any]], prefix: bytes = b"") -> list[bytes]:
         """``write`` for many records at once: one buffer for all, then sliced. Example:
         ``schema(name).write_all([a, b], header)``."""
+        if self.flat is not None:  # column by column; None: a value only fastavro takes
+            bodies = self.flat.write_all(records, prefix)
+            if bodies is not None:
+                return bodies
         out = BytesIO()
         ends = []
         for index, record in enumerate(records):
