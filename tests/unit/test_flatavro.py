@@ -128,3 +128,12 @@ def test_a_bad_record_still_fails_with_fastavro_s_one_line_error() -> None:
     with pytest.raises(EncodeError, match="record 1"):
         encode([good, {**good, "score": "high"}])
     assert struct.calcsize("<d") == 8
+
+
+def test_the_codec_benchmark_frames_the_same_bytes_both_ways() -> None:
+    from tidegate.cli.codecbench import measure_prediction_framing, render_framing
+
+    report = measure_prediction_framing(records=200, rounds=1)
+    assert report["identical"] is True and report["records"] == 200
+    assert report["columns_us"] > 0 and report["fastavro_us"] > 0
+    assert "identical bytes: yes" in render_framing(report)

@@ -26,14 +26,25 @@ __all__ = ["bench"]
 @click.option("--jmx", metavar="HOST:PORT", default=None,
               help="JMX address of the configured cluster's broker, for its request counts "
               "(the embedded broker opens its own).")
+@click.option("--codec", is_flag=True,
+              help="Only the codec figures, no broker: CPU per prediction framed column by "
+              "column and by fastavro one record at a time.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the full report as JSON here.")
 def bench(events: int, half_rate_seconds: float, workers: int, latency_rate: float | None,
-          low_rate: float, jmx: str | None, json_path: Path | None) -> None:
+          low_rate: float, jmx: str | None, codec: bool, json_path: Path | None) -> None:
     """Measure events/s, latency percentiles, CPU and memory per stage.
 
     Uses KAFKA_BOOTSTRAP_SERVERS if set, else a fresh embedded broker for the run.
     """
+    if codec:
+        from tidegate.cli.codecbench import measure_prediction_framing, render_framing
+
+        framing = measure_prediction_framing()
+        click.echo(render_framing(framing))
+        if json_path is not None:
+            json_path.write_text(json.dumps(framing, indent=2))
+        return
     from tidegate.cli.benchmark import render, run_bench
 
     report = run_bench(load_settings(), events=events, half_rate_seconds=half_rate_seconds,
