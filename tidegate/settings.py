@@ -113,6 +113,9 @@ class Settings(BaseSettings):
     max_future_seconds: float = Field(default=300.0, ge=0)
     auto_actions: bool = True
     compute_threads: int = Field(default=1, ge=1, le=256)
+    # allocations between collections of the cyclic GC's youngest generation in a stage process
+    # (Python's default: 700); 0 keeps Python's default
+    gc_threshold: int = Field(default=50_000, ge=0, le=10_000_000)
     accuracy_min_labels: int = Field(default=500, ge=1, le=2000)
     drift_min_events: int = Field(default=1000, ge=1)
     control_key: SecretStr | None = None  # ID:SECRET[,ID:SECRET...]; unset: unauthenticated

@@ -28,12 +28,14 @@ def run(name: str, worker: int | None) -> None:
     import faust
 
     from tidegate.cli.logs import logging_config
+    from tidegate.runtime.stage import tune_gc
 
     settings = load_settings()
     if worker is not None:
         settings = settings.model_copy(update={"worker": worker})
     module = importlib.import_module(f"tidegate.agents.{name}")
     runtime = module.build(settings)
+    tune_gc(settings.gc_threshold)
     process = faust.Worker(runtime.app, loglevel=settings.log_level,
                            logging_config=logging_config(settings), redirect_stdouts=False,
                            override_logging=True, quiet=True)
