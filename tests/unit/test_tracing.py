@@ -1,0 +1,93 @@
+"""The tracing module without a broker: when a provider is made, what it says about the stage,
+and what a batch span records (through the SDK's in-memory exporter)."""
+
+from __future__ import annotations
+
+import pytest
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.trace import INVALID_SPAN, StatusCode
+
+from tidegate.errors import ConfigError
+from tidegate.runtime.tracing import BatchTrace, StageTracer, current_batch, stage_provider
+
+pytestmark = pytest.mark.unit
+
+TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
+
+
+def test_no_endpoint_means_no_provider_and_no_exporter() -> None:
+    assert stage_provider("ingest", instance="ingest@h:1", environ={}) is None
+    assert stage_provider("ingest", instance="ingest@h:1",
+                          environ={"OTEL_EXPORTER_OTLP_ENDPOINT": ""}) is None
+
+
+@pytest.mark.parametrize("variable", ["OTEL_EXPORTER_OTLP_ENDPOINT",
+                                      "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])
+def test_an_endpoint_makes_a_provider_named_after_the_stage(
+        variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test")
+    monkeypatch.setenv("OTEL_SERVICE_NAME", "ignored")
+    provider = stage_provider("feature", instance="feature@h:7",
+                              environ={variable: "http://127.0.0.1:4318"})
+    assert isinstance(provider, TracerProvider)
+    try:
+        attributes = provider.resource.attributes
+        assert attributes["service.name"] == "tidegate-feature"
+        assert attributes["service.namespace"] == "tidegate"
+        assert attributes["service.instance.id"] == "feature@h:7"
+        assert attributes["deployment.environment.name"] == "test"  # the SDK read it
+    finally:
+        provider.shutdown()
+
+
+@pytest.mark.parametrize("protocol", ["grpc", "http/json"])
+def test_a_protocol_other_than_http_protobuf_is_a_config_error(protocol: str) -> None:
+    with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
+        stage_provider("ingest", instance="i", environ={
+            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
+            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol})
+
+
+def test_the_traces_protocol_variable_wins_over_the_general_one() -> None:
+    provider = stage_provider("ingest", instance="i", environ={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
+        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",  # for other signals
+        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"})
+    assert provider is not None
+    provider.shutdown()
+
+
+def test_outside_a_batch_and_without_a_recording_span_nothing_is_recorded() -> None:
+    outside = current_batch()
+    outside.link([TRACEPARENT])
+    outside.failed_over(RuntimeError("x"))
+    assert outside.linked == 0 and outside.dropped == 0
+    quiet = BatchTrace(INVALID_SPAN, 128)
+    quiet.link([TRACEPARENT] * 10)
+    assert quiet.linked == 0 and quiet.dropped == 0  # not even counted: no per-event work
+
+
+def test_links_accumulate_over_calls_up_to_the_cap(spans: InMemorySpanExporter) -> None:
+    tracer = StageTracer("validation", topic="p.ingested", group=None, max_links=5)
+    parents = [f"00-{i + 1:032x}-{i + 1:016x}-01" for i in range(8)]
+    with tracer.batch(messages=2) as batch:
+        assert current_batch() is batch
+        batch.link(parents[:3])
+        batch.link(["not a traceparent", "00-" + "0" * 32 + "-" + "0" * 16 + "-01"])
+        batch.link(parents[3:])
+        batch.finish(records_in=8, records_out=8, dead_lettered=0)
+    assert current_batch() is not batch
+    [span] = spans.get_finished_spans()
+    assert [link.context.trace_id for link in span.links] == [1, 2, 3, 4, 5]
+    assert batch.dropped == 3 and (span.attributes or {})["tidegate.links.dropped"] == 3
+    assert "messaging.consumer.group.name" not in (span.attributes or {})
+
+
+def test_an_exception_out_of_the_batch_ends_the_span_as_an_error(
+        spans: InMemorySpanExporter) -> None:
+    tracer = StageTracer("ingest", topic="p.events", group="p.ingest-input")
+    with pytest.raises(ValueError), tracer.batch(messages=1):
+        raise ValueError("delivery gave up")
+    [span] = spans.get_finished_spans()
+    assert span.status.status_code is StatusCode.ERROR
