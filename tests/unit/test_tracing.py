@@ -3,6 +3,8 @@ and what a batch span records (through the SDK's in-memory exporter)."""
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 
 import pytest
@@ -12,27 +14,42 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from opentelemetry.trace import INVALID_SPAN, NoOpTracer, StatusCode
 
 from tidegate.errors import ConfigError
-from tidegate.runtime.tracing import BatchTrace, StageTracer, current_batch, stage_provider
+from tidegate.runtime.tracing import (
+    BatchTrace,
+    StageTracer,
+    current_batch,
+    shutdown,
+    stage_provider,
+)
 
 pytestmark = pytest.mark.unit
 
 TRACEPARENT = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01"
 
 
-def test_no_endpoint_means_no_provider_and_no_exporter() -> None:
-    assert stage_provider("ingest", instance="ingest@h:1", environ={}) is None
-    assert stage_provider("ingest", instance="ingest@h:1",
-                          environ={"OTEL_EXPORTER_OTLP_ENDPOINT": ""}) is None
+@pytest.fixture
+def otel_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """No OTEL_* variable from the machine: each test sets its own."""
+    for name in list(os.environ):
+        if name.startswith("OTEL_"):
+            monkeypatch.delenv(name)
+    return monkeypatch
+
+
+def test_no_endpoint_means_no_provider_and_no_exporter(otel_env: pytest.MonkeyPatch) -> None:
+    assert stage_provider("ingest", instance="ingest@h:1") is None
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "")
+    assert stage_provider("ingest", instance="ingest@h:1") is None
 
 
 @pytest.mark.parametrize("variable", ["OTEL_EXPORTER_OTLP_ENDPOINT",
                                       "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"])
 def test_an_endpoint_makes_a_provider_named_after_the_stage(
-        variable: str, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test")
-    monkeypatch.setenv("OTEL_SERVICE_NAME", "ignored")
-    provider = stage_provider("feature", instance="feature@h:7",
-                              environ={variable: "http://127.0.0.1:4318"})
+        variable: str, otel_env: pytest.MonkeyPatch) -> None:
+    otel_env.setenv(variable, "http://127.0.0.1:4318")
+    otel_env.setenv("OTEL_RESOURCE_ATTRIBUTES", "deployment.environment.name=test")
+    otel_env.setenv("OTEL_SERVICE_NAME", "ignored")
+    provider = stage_provider("feature", instance="feature@h:7")
     assert isinstance(provider, TracerProvider)
     try:
         attributes = provider.resource.attributes
@@ -45,20 +62,35 @@ def test_an_endpoint_makes_a_provider_named_after_the_stage(
 
 
 @pytest.mark.parametrize("protocol", ["grpc", "http/json"])
-def test_a_protocol_other_than_http_protobuf_is_a_config_error(protocol: str) -> None:
+def test_a_protocol_other_than_http_protobuf_is_a_config_error(
+        protocol: str, otel_env: pytest.MonkeyPatch) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4317")
+    otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", protocol)
     with pytest.raises(ConfigError, match="OTEL_EXPORTER_OTLP_PROTOCOL"):
-        stage_provider("ingest", instance="i", environ={
-            "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4317",
-            "OTEL_EXPORTER_OTLP_PROTOCOL": protocol})
+        stage_provider("ingest", instance="i")
 
 
-def test_the_traces_protocol_variable_wins_over_the_general_one() -> None:
-    provider = stage_provider("ingest", instance="i", environ={
-        "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318",
-        "OTEL_EXPORTER_OTLP_PROTOCOL": "grpc",  # for other signals
-        "OTEL_EXPORTER_OTLP_TRACES_PROTOCOL": "http/protobuf"})
+def test_the_traces_protocol_variable_wins_over_the_general_one(
+        otel_env: pytest.MonkeyPatch) -> None:
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    otel_env.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")  # for other signals
+    otel_env.setenv("OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "http/protobuf")
+    provider = stage_provider("ingest", instance="i")
     assert provider is not None
     provider.shutdown()
+
+
+def test_a_stopping_stage_waits_a_bounded_time_for_an_absent_collector(
+        otel_env: pytest.MonkeyPatch) -> None:
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", f"http://127.0.0.1:{port}")
+    provider = stage_provider("ingest", instance="i")
+    assert provider is not None
+    with provider.get_tracer("t").start_as_current_span("left behind"):
+        pass
+    assert shutdown(provider, timeout=0.5) is False  # the exporter was still retrying
 
 
 def test_outside_a_batch_and_without_a_recording_span_nothing_is_recorded() -> None:
@@ -122,3 +154,15 @@ def test_the_cost_per_batch_of_2000_events_with_and_without_a_provider() -> None
     assert len(recorded) == 200  # the no-op tracer recorded nothing
     assert {len(span.links) for span in recorded} == {128}
     assert {(span.attributes or {})["tidegate.links.dropped"] for span in recorded} == {1872}
+
+
+def test_the_sdk_disabled_by_its_own_variable_hands_out_a_no_op_tracer(
+        otel_env: pytest.MonkeyPatch) -> None:
+    otel_env.setenv("OTEL_SDK_DISABLED", "true")
+    otel_env.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:4318")
+    provider = stage_provider("ingest", instance="i")
+    assert provider is not None
+    try:
+        assert isinstance(provider.get_tracer("tidegate.runtime"), NoOpTracer)
+    finally:
+        provider.shutdown()

@@ -29,7 +29,7 @@ def run(name: str, worker: int | None) -> None:
 
     from tidegate.cli.logs import logging_config
     from tidegate.runtime.metrics import instance_name
-    from tidegate.runtime.tracing import install
+    from tidegate.runtime.tracing import install, shutdown
 
     settings = load_settings()
     if worker is not None:
@@ -46,4 +46,4 @@ def run(name: str, worker: int | None) -> None:
         process.execute_from_commandline()
     finally:
         if provider is not None:
-            provider.shutdown()  # exports the spans still queued
+            shutdown(provider)  # exports the spans still queued, for a few seconds at most

@@ -1,8 +1,9 @@
 """Traces through the OpenTelemetry SDK: one span per stage per batch, linked to its events.
 
-A stage process installs a ``TracerProvider`` (:func:`install`) only when an OTLP endpoint is
-set (``OTEL_EXPORTER_OTLP_ENDPOINT`` or ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``); its spans go
-to the collector over OTLP/HTTP (protobuf) through a ``BatchSpanProcessor``. Every other
+A stage process installs a ``TracerProvider`` (:func:`install`; :func:`shutdown` when it
+stops) only when an OTLP endpoint is set (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
+``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``); its spans go to the collector over OTLP/HTTP
+(protobuf) through a ``BatchSpanProcessor``. Every other
 ``OTEL_*`` variable (``OTEL_SDK_DISABLED``, the sampler, headers, timeouts, the batch
 processor's sizes, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SPAN_LINK_COUNT_LIMIT``) is read by the
 SDK itself. Without an endpoint the API's no-op tracer answers: a batch costs a few
@@ -25,8 +26,10 @@ Example::
 
 from __future__ import annotations
 
+import logging
 import os
-from collections.abc import Iterator, Mapping, Sequence
+import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from itertools import islice
@@ -46,28 +49,29 @@ from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapProp
 
 from tidegate.errors import ConfigError
 
-__all__ = ["ENDPOINT_VARIABLES", "BatchTrace", "StageTracer", "current_batch", "install",
-           "stage_provider"]
+__all__ = ["ENDPOINT_VARIABLES", "SHUTDOWN_SECONDS", "BatchTrace", "StageTracer",
+           "current_batch", "install", "shutdown", "stage_provider"]
 
+log = logging.getLogger(__name__)
+
+SHUTDOWN_SECONDS = 3.0  # what a stopping stage gives the exporter for its last spans
 ENDPOINT_VARIABLES = ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT")
 _PROPAGATOR = TraceContextTextMapPropagator()
 
 
-def stage_provider(stage: str, *, instance: str,
-                   environ: Mapping[str, str] | None = None,
-                   ) -> TracerProvider | None:
+def stage_provider(stage: str, *, instance: str) -> TracerProvider | None:
     """The stage's provider exporting over OTLP/HTTP, or None when no endpoint is set.
 
     ``service.name`` is ``tidegate-<stage>`` (one service per stage, whatever
     ``OTEL_SERVICE_NAME`` says); ``service.instance.id`` is the instance name of the stage's
     health events. The exporter reads its endpoint, headers, TLS files, compression and timeout
-    from the ``OTEL_EXPORTER_OTLP_*`` variables.
+    from the ``OTEL_EXPORTER_OTLP_*`` variables. The provider does not shut down at exit by
+    itself: :func:`shutdown` bounds how long a stopping stage waits for the collector.
     """
-    env = os.environ if environ is None else environ
-    if not any(env.get(name) for name in ENDPOINT_VARIABLES):
+    if not any(os.environ.get(name) for name in ENDPOINT_VARIABLES):
         return None
     for variable in (OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, OTEL_EXPORTER_OTLP_PROTOCOL):
-        protocol = env.get(variable, "").strip()
+        protocol = os.environ.get(variable, "").strip()
         if protocol and protocol != "http/protobuf":
             raise ConfigError(f"invalid setting {variable}: {protocol!r}; tidegate exports "
                               "OTLP over http/protobuf only (a collector's port 4318)")
@@ -79,21 +83,30 @@ def stage_provider(stage: str, *, instance: str,
     resource = Resource.create({service.SERVICE_NAME: f"tidegate-{stage}",
                                 service.SERVICE_NAMESPACE: "tidegate",
                                 service.SERVICE_INSTANCE_ID: instance})
-    provider = TracerProvider(resource=resource)
+    provider = TracerProvider(resource=resource, shutdown_on_exit=False)
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
     return provider
 
 
 def install(stage: str, *, instance: str) -> TracerProvider | None:
-    """Make the stage's provider the process's global one (once per process); None: no-op.
-
-    The provider shuts down (exporting what is queued) at interpreter exit; call its
-    ``shutdown`` earlier where the process may end otherwise.
-    """
+    """Make the stage's provider the process's global one (once per process); None: no-op."""
     provider = stage_provider(stage, instance=instance)
     if provider is not None:
         trace.set_tracer_provider(provider)
     return provider
+
+
+def shutdown(provider: TracerProvider, *, timeout: float = SHUTDOWN_SECONDS) -> bool:
+    """Export the queued spans and stop, waiting at most ``timeout`` seconds: with the
+    collector away the exporter retries for its whole timeout (10 s by default), and a stopping
+    stage must not outlast its supervisor's patience. False: spans were left unexported."""
+    stopping = threading.Thread(target=provider.shutdown, name="otel-shutdown", daemon=True)
+    stopping.start()
+    stopping.join(timeout)
+    if stopping.is_alive():
+        log.warning("trace spans not exported within %.0f s of stopping; dropped", timeout)
+        return False
+    return True
 
 
 class BatchTrace:
