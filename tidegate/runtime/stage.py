@@ -281,7 +281,7 @@ class StageRuntime:
         assert self._tracer is not None, "consume() or run_batches() sets up the tracer"
         totals = self.metrics.totals
         records, out, dead = totals["in"], totals["out"], totals["dead_lettered"]
-        with self._tracer.batch(messages=len(events)) as trace:
+        with self._tracer.batch(messages=len(events)) as traced:
             began = time.perf_counter()
             outgoing = await self._handle(handler, events)
             handled = time.perf_counter()
@@ -291,7 +291,7 @@ class StageRuntime:
                 staged.commit()
             self.metrics.record_timing(len(events), handled - began,
                                        time.perf_counter() - handled)
-            trace.finish(records_in=totals["in"] - records, records_out=totals["out"] - out,
+            traced.finish(records_in=totals["in"] - records, records_out=totals["out"] - out,
                          dead_lettered=totals["dead_lettered"] - dead)
         if self.steering is not None:
             self.steering.record_batch(records=totals["in"] - records,

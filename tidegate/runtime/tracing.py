@@ -3,11 +3,11 @@
 A stage process installs a ``TracerProvider`` (:func:`install`; :func:`shutdown` when it
 stops) only when an OTLP endpoint is set (``OTEL_EXPORTER_OTLP_ENDPOINT`` or
 ``OTEL_EXPORTER_OTLP_TRACES_ENDPOINT``); its spans go to the collector over OTLP/HTTP
-(protobuf) through a ``BatchSpanProcessor``. Every other
-``OTEL_*`` variable (``OTEL_SDK_DISABLED``, the sampler, headers, timeouts, the batch
-processor's sizes, ``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SPAN_LINK_COUNT_LIMIT``) is read by the
-SDK itself. Without an endpoint the API's no-op tracer answers: a batch costs a few
-microseconds and nothing is done per event.
+(protobuf) through a ``BatchSpanProcessor``. Every other ``OTEL_*`` variable
+(``OTEL_SDK_DISABLED``, the sampler, headers, timeouts, the batch processor's sizes,
+``OTEL_RESOURCE_ATTRIBUTES``, ``OTEL_SPAN_LINK_COUNT_LIMIT``) is read by the SDK itself.
+Without an endpoint the API's no-op tracer answers: a batch costs a few microseconds and
+nothing is done per event.
 
 :class:`StageTracer` opens the batch span around handling, delivery and commit. A batch holds
 up to thousands of events, each with its own trace context, so the span carries links to the
