@@ -63,7 +63,8 @@ def build(settings: Settings) -> StageRuntime:
         runtime.metrics.extra["accounts"] = str(len(accounts))
         out = forward(runtime.codec, featured, topic=sink_name, stage=STAGE)
         return Outputs(out + writes, dead=dead, records_in=len(batch),
-                       records_out=len(featured), latencies_ms=featured.ages_ms())
+                       records_out=len(featured), latencies_ms=featured.ages_ms(),
+                       traceparents=batch.traceparents)
 
     if isinstance(accounts, ChangelogStore):  # state and changelog delivered with the batch
         runtime.consume(featurize_events, name="featurize_events", state=[accounts],

@@ -102,7 +102,7 @@ def build(settings: Settings) -> StageRuntime:
                                    event_id=part.event_ids[i], trace_id=part.trace_ids[i])
                      for i in range(len(part))]
         batch = Batch.concat(usable)
-        outputs = Outputs(dead=dead, records_in=len(batch))
+        outputs = Outputs(dead=dead, records_in=len(batch), traceparents=batch.traceparents)
         skip = skips.get(steering.mode.degraded_to, ())
         candidate = canary.active() if not skip else None  # a degraded stage serves no canary
         # one model call per SCORE_ROWS rows: a backlog makes batches bigger, and the slow-call

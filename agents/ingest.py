@@ -39,6 +39,7 @@ def build(settings: Settings) -> StageRuntime:
         batch = Batch.from_envelopes(
             [envelope for _, envelope in accepted],
             partitions=[partition_for(route, sink.partitions) for route, _ in accepted])
+        traceparents = batch.traceparents  # before shedding: shed events were handled too
         shed: list[Outgoing] = []
         if steering.mode.shed_share > 0:
             batch, dropped = _shed(batch, steering.mode.shed_share)
@@ -47,7 +48,8 @@ def build(settings: Settings) -> StageRuntime:
             runtime.metrics.count("predictions.shed", len(shed))
         return Outputs(forward(runtime.codec, batch, topic=sink_name, stage=STAGE) + shed,
                        dead=dead, records_in=len(records), records_out=len(accepted),
-                       latencies_ms=[now_ms - r.timestamp for r in records if r.timestamp])
+                       latencies_ms=[now_ms - r.timestamp for r in records if r.timestamp],
+                       traceparents=traceparents)
 
     # ids count as seen once their batch is delivered
     runtime.consume(ingest_events, name="ingest_events", state=[dedupe])

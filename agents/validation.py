@@ -50,7 +50,8 @@ def build(settings: Settings) -> StageRuntime:
         for warning in result.warnings:
             runtime.metrics.extra[f"warning.{warning.field}"] = warning.message
         return Outputs(forward(runtime.codec, good, topic=sink_name, stage=STAGE), dead=dead,
-                       records_in=len(batch), records_out=len(good), latencies_ms=good.ages_ms())
+                       records_in=len(batch), records_out=len(good), latencies_ms=good.ages_ms(),
+                       traceparents=batch.traceparents)
 
     runtime.consume(validate_events, name="validate_events")
     return runtime

@@ -1,4 +1,5 @@
-"""Fixtures shared by every tier: one real Kafka broker per session, unique topic prefixes.
+"""Fixtures shared by every tier: one real Kafka broker per session, unique topic prefixes,
+and the spans the process records.
 
 The broker is the embedded Apache Kafka (or the cluster in KAFKA_BOOTSTRAP_SERVERS). A broker
 that cannot start fails every test that needs it; nothing is skipped.
@@ -14,6 +15,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from opentelemetry import trace
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
 from tidegate.kafka.broker import start_broker, stop_broker
 from tidegate.settings import Settings, load_settings
@@ -63,6 +68,26 @@ def _embedded_settings(data_dir: Path) -> Settings:
             del os.environ["TIDEGATE_DATA_DIR"]
         else:
             os.environ["TIDEGATE_DATA_DIR"] = old
+
+
+@pytest.fixture(scope="session")
+def span_exporter() -> InMemorySpanExporter:
+    """The SDK's in-memory exporter behind the process's tracer provider, installed on first
+    use: the OpenTelemetry API lets a process set its global provider once."""
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    trace.set_tracer_provider(provider)
+    assert trace.get_tracer_provider() is provider, "another tracer provider was set first"
+    return exporter
+
+
+@pytest.fixture
+def spans(span_exporter: InMemorySpanExporter) -> Iterator[InMemorySpanExporter]:
+    """The spans finished during the test (the exporter starts empty)."""
+    span_exporter.clear()
+    yield span_exporter
+    span_exporter.clear()
 
 
 @pytest.fixture

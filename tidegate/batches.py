@@ -20,7 +20,7 @@ import functools
 import json
 import time
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -363,15 +363,19 @@ def unpack_messages(codec: Codec, events: Sequence[Any], *, stage: str
     return batches, dead
 
 
-def event_letters(codec: Codec, event: Any, *, stage: str, error_class: str,
-                  message: str) -> list[DeadLetter]:
+def event_letters(codec: Codec, event: Any, *, stage: str, error_class: str, message: str,
+                  on_traceparents: Callable[[Sequence[str]], None] | None = None,
+                  ) -> list[DeadLetter]:
     """INTERNAL_ERROR dead letters for an internal batch message that failed alone, one per
-    original event; BAD_BATCH for the message itself when it cannot be read."""
+    original event; BAD_BATCH for the message itself when it cannot be read.
+    ``on_traceparents`` hears the events' trace contexts (the batch span links to them)."""
     try:
         batch = unpack(codec, event.message.value)
     except CodecError:
         return [DeadLetter.of(source_record(event), stage=stage, code=Code.BAD_BATCH,
                               error_class=error_class, message=message)]
+    if on_traceparents is not None:
+        on_traceparents(batch.traceparents)
     return [DeadLetter.of(batch.source(i), stage=stage, code=Code.INTERNAL_ERROR,
                           error_class=error_class, message=message,
                           event_id=batch.event_ids[i], trace_id=batch.trace_ids[i])

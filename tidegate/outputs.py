@@ -52,6 +52,9 @@ class Outputs:
     records_in: int = 0
     records_out: int = 0
     latencies_ms: list[float] = field(default_factory=list)
+    # the input events' W3C trace contexts: the batch span links to them (a reference to the
+    # batch's own list, not a copy; the runtime reads only as many as it links)
+    traceparents: Sequence[str] = ()
 
 
 Handler = Callable[[Sequence[Any]], Awaitable[Outputs]]

@@ -16,30 +16,27 @@ import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import msgspec
 import pytest
 
+from tests.agent.conftest import PREFIX, MakeSettings
 from tidegate.agents import feature, inference, ingest, validation
 from tidegate.batches import Batch, pack, partition_for, unpack
 from tidegate.codec import Codec
 from tidegate.deadletter import CONTEXT_PREFIX, Headers, SourceRecord, context_of
 from tidegate.example.badrecords import BadKind, BadRecordInjector
 from tidegate.example.generator import TransactionGenerator
-from tidegate.models.registry import ModelRegistry
-from tidegate.models.training import train_example
 from tidegate.outputs import Outgoing
 from tidegate.pipeline.feature import FEATURE_NAMES
 from tidegate.pipeline.ingest import Dedupe, ingest_batch
 from tidegate.runtime.stage import StageRuntime
-from tidegate.settings import Settings, load_settings
+from tidegate.settings import Settings
 
 pytestmark = pytest.mark.agent
 
-PREFIX = "agt."
 SCHEMA = "tidegate.example.CardTransaction"
 WAIT_SECONDS = 20.0
 BUILDERS: dict[str, Callable[[Settings], StageRuntime]] = {
@@ -48,7 +45,6 @@ BUILDERS: dict[str, Callable[[Settings], StageRuntime]] = {
 }
 SINKS = {"ingest": "ingested", "validation": "validated", "feature": "features",
          "inference": "predictions"}
-MakeSettings = Callable[..., Settings]
 
 
 @dataclass(frozen=True)
@@ -72,32 +68,6 @@ class Run:
 
     def to(self, key: str) -> list[Outgoing]:
         return [item for item in self.sent if item.topic == PREFIX + key]
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A data dir whose registry holds a small trained example model (for inference)."""
-    root = tmp_path_factory.mktemp("agent-data")
-    train_example(ModelRegistry(root / "models"), events=5_000, seed=3)
-    return root
-
-
-@pytest.fixture
-def make_settings(monkeypatch: pytest.MonkeyPatch, data_dir: Path) -> MakeSettings:
-    """Settings for a stage that never reaches a broker (port 9 is discard)."""
-
-    def make(**env: str) -> Settings:
-        monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9")
-        monkeypatch.setenv("TIDEGATE_TOPIC_PREFIX", PREFIX)
-        monkeypatch.setenv("TIDEGATE_DATA_DIR", str(data_dir))
-        monkeypatch.setenv("TIDEGATE_BATCH_WITHIN", "0.01")
-        # This tier drives Faust agents; the librdkafka reader is the integration tier's.
-        monkeypatch.setenv("TIDEGATE_READER", "faust")
-        for name, value in env.items():
-            monkeypatch.setenv(f"TIDEGATE_{name.upper()}", value)
-        return load_settings()
-
-    return make
 
 
 def drive(stage: str, puts: Sequence[Put], settings: Settings, monkeypatch: pytest.MonkeyPatch,

@@ -11,6 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from sklearn.ensemble import HistGradientBoostingClassifier
 from sklearn.linear_model import LogisticRegression
 
@@ -395,3 +396,19 @@ def test_refresh_loads_in_a_thread_while_the_current_model_goes_on_serving(
     assert served[0] == f"{PRIMARY}:v1" and served[-1] == f"{PRIMARY}:v2"
     served = asyncio.run(batches(_mode(_pin("promote", "v7"))))
     assert set(served) == {f"{PRIMARY}:v2"} and errors == ["v7"]
+
+
+def test_a_model_call_is_a_score_span_naming_the_path_and_the_failed_link(
+        spans: InMemorySpanExporter) -> None:
+    result = chain(FailingScorer("fraud-primary:v2"), FixedScorer("fraud-fallback:v1",
+                                                                  [0.1, 0.2, 0.3])).score(MATRIX)
+    assert result.path == "fallback"
+    [span] = spans.get_finished_spans()
+    assert span.name == "score"
+    assert dict(span.attributes or {}) == {"tidegate.model.rows": 3,
+                                            "tidegate.model.path": "fallback",
+                                            "tidegate.model.version": "fraud-fallback:v1"}
+    [failed] = span.events
+    assert failed.name == "exception"
+    assert (failed.attributes or {})["tidegate.model.path"] == "primary"
+    assert (failed.attributes or {})["exception.type"] == "tidegate.errors.ScoringError"

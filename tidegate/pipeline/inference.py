@@ -2,6 +2,8 @@
 
 The chain tries the primary model, then the fallback model, then a static answer, and says
 which path produced each batch. The breakers of a later layer decide which links to skip.
+Each call is a ``score`` trace span, a child of the stage's batch span (the runtime makes that
+span current while the handler runs; without a tracer provider the span is a no-op).
 :class:`PrimarySwitch` keeps the primary on the version a promote or rollback command pinned
 (else the registry's production version) and applies a threshold command to it.
 
@@ -23,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import numpy as np
+from opentelemetry import trace
 
 from tidegate.batches import Batch
 from tidegate.breaker import BreakerOpenError, CircuitBreaker
@@ -39,6 +42,8 @@ __all__ = [
 log = logging.getLogger(__name__)
 
 Path = Literal["primary", "fallback", "static", "shed"]
+
+_tracer = trace.get_tracer(__name__)  # follows the process's provider once it is installed
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,7 +80,19 @@ class ScoringChain:
                    primary_threshold=primary.threshold, fallback_threshold=fallback.threshold)
 
     def score(self, matrix: np.ndarray, *, skip: Sequence[Path] = ()) -> ScoreResult:
-        """Scores from the first link that answers; the static answer always does."""
+        """Scores from the first link that answers; the static answer always does.
+
+        Traced as a ``score`` span: the path taken, the model version and the rows; a link
+        that failed or whose breaker was open is an event on the span.
+        """
+        with _tracer.start_as_current_span(
+                "score", attributes={"tidegate.model.rows": len(matrix)}) as span:
+            result = self._score(matrix, skip, span)
+            span.set_attributes({"tidegate.model.path": result.path,
+                                 "tidegate.model.version": result.version})
+            return result
+
+    def _score(self, matrix: np.ndarray, skip: Sequence[Path], span: trace.Span) -> ScoreResult:
         links: tuple[tuple[Path, Scorer | None, float], ...] = (
             ("primary", self.primary, self.primary_threshold),
             ("fallback", self.fallback, self.fallback_threshold),
@@ -89,9 +106,11 @@ class ScoringChain:
                           else scorer.score(matrix))
                 return ScoreResult(scores, path, scorer.version, threshold)
             except BreakerOpenError:
+                span.add_event("breaker open", {"tidegate.model.path": path})
                 continue  # open: the next link answers without trying this one
             except ScoringError as exc:
                 log.warning("%s scorer failed, falling back: %s", path, exc)
+                span.record_exception(exc, {"tidegate.model.path": path})
         return ScoreResult(self.static.score(matrix), "static", self.static.version, 1.0)
 
 

@@ -3,7 +3,9 @@
 Faust acks an event even when the agent body raises, so an escaped exception is a lost record.
 A batch whose handler call raises is retried message by message; a message that still fails
 becomes one ``INTERNAL_ERROR`` dead letter per original event. What the handler staged
-(``Staged``) is kept only for calls that returned.
+(``Staged``) is kept only for calls that returned. The batch's trace span
+(``tidegate.runtime.tracing.current_batch``) is linked to the events of every call that
+returned, and marked as an error when the whole batch failed.
 
 Example::
 
@@ -23,6 +25,7 @@ from tidegate.codec import Codec
 from tidegate.deadletter import Code, DeadLetter, source_record
 from tidegate.outputs import Handler, Outgoing, Outputs, Staged
 from tidegate.runtime.metrics import StageMetrics
+from tidegate.runtime.tracing import current_batch
 
 __all__ = ["Handling"]
 
@@ -46,8 +49,9 @@ class Handling:
         """The batch's messages: the handler's outputs, counted, with its dead letters."""
         try:
             return self._settle(await self._call(handler, events))
-        except Exception:
+        except Exception as exc:
             self.metrics.record_error()
+            current_batch().failed_over(exc)  # the batch span's status: ERROR
             log.exception("batch of %d failed; retrying message by message", len(events))
         outgoing: list[Outgoing] = []
         for event in events:
@@ -76,6 +80,7 @@ class Handling:
     def _settle(self, outputs: Outputs) -> list[Outgoing]:
         self.metrics.record_batch(records_in=outputs.records_in, records_out=outputs.records_out,
                                   latencies_ms=outputs.latencies_ms)
+        current_batch().link(outputs.traceparents)  # up to the cap; nothing when not traced
         return outputs.messages + self.dead_letters(outputs.dead)
 
     async def _call(self, handler: Handler, events: Sequence[Any]) -> Outputs:
@@ -97,4 +102,4 @@ class Handling:
             return [DeadLetter.of(source_record(event), stage=self.stage, code=Code.INTERNAL_ERROR,
                                   error_class=error_class, message=message)]
         return event_letters(self.codec, event, stage=self.stage, error_class=error_class,
-                             message=message)
+                             message=message, on_traceparents=current_batch().link)

@@ -11,7 +11,8 @@ A stage supplies one async handler, a one-way function from a batch of input eve
   breaker, or by backpressure from the next stage (see ``Steering``);
 - never lets an exception reach Faust: a failing batch is retried message by message, and a
   message that still fails is dead-lettered with code INTERNAL_ERROR;
-- emits a health event every ``health_interval`` seconds.
+- emits a health event every ``health_interval`` seconds;
+- opens one trace span per batch (``tidegate.runtime.tracing``), linked to its events.
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from tidegate.runtime.checkpoint import AtLeastOnce, Checkpoint, ExactlyOnce, de
 from tidegate.runtime.handling import Handling
 from tidegate.runtime.metrics import StageMetrics
 from tidegate.runtime.steering import Received, Steering, refusal_audit
+from tidegate.runtime.tracing import StageTracer
 from tidegate.settings import Settings
 from tidegate.topics import STAGES, TopicSpec, by_key, downstream_of
 
@@ -97,6 +99,7 @@ class StageRuntime:
         self._outbox: Outbox | None = None
         self._reader: BatchReader | None = None
         self._handling: Handling | None = None
+        self._tracer: StageTracer | None = None
         self.app.timer(settings.health_interval)(self._emit_health)
         self.steering: Steering | None = None
         self._audits: list[dict[str, Any]] = []  # refused commands, sent with the next health
@@ -200,12 +203,13 @@ class StageRuntime:
         return self.app.topic(self.name(spec), key_serializer="raw", value_serializer="raw",
                               partitions=spec.partitions, internal=False)
 
-    def _handle_with(self, state: Sequence[Staged]) -> None:
+    def _handle_with(self, state: Sequence[Staged], *, topic: str, group: str) -> None:
         dead_letter = self.topics.dead_letter
         self._handling = Handling(
             stage=self.stage, dead_letter_topic=self.name(dead_letter) if dead_letter else None,
             codec=self.codec, metrics=self.metrics, internal=self.topics.source.internal,
             staged=state)
+        self._tracer = StageTracer(self.stage, topic=topic, group=group)
 
     def run_batches(self, handler: Handler, *, name: str, source: faust.TopicT | None = None,
                     state: Sequence[Staged] = ()) -> None:
@@ -214,7 +218,8 @@ class StageRuntime:
         Faust acks a batch only when the loop asks for the next one, i.e. after its outputs
         were delivered and acknowledged.
         """
-        self._handle_with(state)
+        source = source or self.source
+        self._handle_with(state, topic=source.get_topic_name(), group=self.app.conf.id)
         checkpoint = AtLeastOnce(self._send, None, deadline=self.settings.delivery_deadline)
 
         async def agent(stream: Any) -> None:
@@ -228,7 +233,7 @@ class StageRuntime:
                     self._positions[(message.topic, message.partition)] = message.offset
 
         agent.__name__ = name
-        self.app.agent(source or self.source, name=name)(agent)
+        self.app.agent(source, name=name)(agent)
 
     def consume(self, handler: Handler, *, name: str, state: Sequence[Staged] = (),
                 on_assign: Callable[[list[int]], None] | None = None,
@@ -253,8 +258,8 @@ class StageRuntime:
         checkpoint ends each batch: at least once, offsets are committed after delivery; exactly
         once, outputs and offsets commit in one transaction (``tidegate.runtime.checkpoint``).
         """
-        self._handle_with(state)
         group = input_group(self.stage, self.settings)
+        self._handle_with(state, topic=self.source.get_topic_name(), group=group)
         reader = BatchReader(client_config(self.settings, **HOP_FETCH),
                              topic=self.source.get_topic_name(), group=group,
                              on_assign=on_assign, on_revoke=on_revoke,
@@ -289,18 +294,24 @@ class StageRuntime:
 
     async def _process(self, handler: Handler, events: Sequence[Any],
                        checkpoint: Checkpoint) -> None:
-        began = time.perf_counter()
-        records, dead = self.metrics.totals["in"], self.metrics.totals["dead_lettered"]
-        outgoing = await self._handle(handler, events)
-        handled = time.perf_counter()
-        await checkpoint.commit(outgoing, events)
-        assert self._handling is not None
-        for staged in self._handling.staged:
-            staged.commit()
-        self.metrics.record_timing(len(events), handled - began, time.perf_counter() - handled)
+        assert self._tracer is not None, "consume() or run_batches() sets up the tracer"
+        totals = self.metrics.totals
+        records, out, dead = totals["in"], totals["out"], totals["dead_lettered"]
+        with self._tracer.batch(messages=len(events)) as traced:
+            began = time.perf_counter()
+            outgoing = await self._handle(handler, events)
+            handled = time.perf_counter()
+            await checkpoint.commit(outgoing, events)
+            assert self._handling is not None
+            for staged in self._handling.staged:
+                staged.commit()
+            self.metrics.record_timing(len(events), handled - began,
+                                       time.perf_counter() - handled)
+            traced.finish(records_in=totals["in"] - records, records_out=totals["out"] - out,
+                         dead_lettered=totals["dead_lettered"] - dead)
         if self.steering is not None:
-            self.steering.record_batch(records=self.metrics.totals["in"] - records,
-                                       dead=self.metrics.totals["dead_lettered"] - dead)
+            self.steering.record_batch(records=totals["in"] - records,
+                                       dead=totals["dead_lettered"] - dead)
 
     async def _handle(self, handler: Handler, events: Sequence[Any]) -> list[Outgoing]:
         assert self._handling is not None, "consume() or run_batches() sets up the handling"
