@@ -15,6 +15,7 @@ exists in the example Secret.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -31,7 +32,8 @@ from tidegate.topics import DATA_STAGES, STAGE_ORDER, STAGES
 
 pytestmark = pytest.mark.unit
 
-KUBE = Path(__file__).resolve().parents[2] / "deploy" / "kubernetes"
+ROOT = Path(__file__).resolve().parents[2]
+KUBE = ROOT / "deploy" / "kubernetes"
 KEDA_MODELS: dict[str, Any] = {"ScaledObject": ScaledObject,
                                "TriggerAuthentication": TriggerAuthentication}
 # the Kafka scaler's trigger metadata, as KEDA documents it
@@ -68,6 +70,18 @@ def of_kind(kind: str) -> dict[str, dict[str, Any]]:
 def config() -> dict[str, str]:
     data: dict[str, str] = of_kind("ConfigMap")["tidegate-config"]["data"]
     return data
+
+
+def configured(monkeypatch: pytest.MonkeyPatch) -> Settings:
+    """The settings a pod gets: the ConfigMap, and a valid control key in place of the Secret's."""
+    known = {f"TIDEGATE_{name.upper()}" for name in Settings.model_fields}
+    for name, value in config().items():
+        assert name in known or name.startswith(("KAFKA_BOOTSTRAP_SERVERS",
+                                                  "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_",
+                                                  "KAFKA_SSL_")), f"{name} is no setting"
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("TIDEGATE_CONTROL_KEY", "k1:" + "x" * 32)
+    return Settings()
 
 
 def walk(node: Any) -> Iterator[dict[str, Any]]:
@@ -146,16 +160,19 @@ def test_monitoring_is_one_pod_with_probes_behind_the_status_service() -> None:
     [port] = container["ports"]
     assert env["TIDEGATE_STATUS_HOST"] == "0.0.0.0"
     assert int(env["TIDEGATE_STATUS_PORT"]) == port["containerPort"]
+    pages = set(re.findall(r'@app\.page\("([^"]+)"\)', (ROOT / "agents" / "monitoring.py")
+                           .read_text()))
     for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
         assert container[probe]["httpGet"]["port"] == port["name"]
-        assert container[probe]["httpGet"]["path"] in ("/status", "/metrics")
+        assert container[probe]["httpGet"]["path"] in pages  # a page monitoring serves
     service = of_kind("Service")["tidegate-status"]["spec"]
     assert service["selector"].items() <= monitoring["template"]["metadata"]["labels"].items()
     assert service["ports"][0]["targetPort"] == port["name"]
 
 
-def test_each_data_stage_scales_on_the_lag_of_the_group_and_topic_it_reads() -> None:
-    settings = Settings(topic_prefix=config()["TIDEGATE_TOPIC_PREFIX"])
+def test_each_data_stage_scales_on_the_lag_of_the_group_and_topic_it_reads(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    settings = configured(monkeypatch)
     scaled = of_kind("ScaledObject")
     assert set(scaled) == {f"tidegate-{stage}" for stage in DATA_STAGES}  # monitoring: one pod
     auth = of_kind("TriggerAuthentication")
@@ -179,15 +196,7 @@ def test_each_data_stage_scales_on_the_lag_of_the_group_and_topic_it_reads() -> 
 
 
 def test_the_config_map_is_settings_tidegate_accepts(monkeypatch: pytest.MonkeyPatch) -> None:
-    data = config()
-    known = {f"TIDEGATE_{name.upper()}" for name in Settings.model_fields}
-    for name, value in data.items():
-        assert name in known or name.startswith(("KAFKA_BOOTSTRAP_SERVERS",
-                                                  "KAFKA_SECURITY_PROTOCOL", "KAFKA_SASL_",
-                                                  "KAFKA_SSL_")), f"{name} is no setting"
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("TIDEGATE_CONTROL_KEY", "k1:" + "x" * 32)
-    settings = Settings()
+    settings = configured(monkeypatch)
     assert settings.security["security.protocol"] == "SASL_SSL"
     assert not settings.exactly_once  # a Deployment's pods have no stable worker number
 
