@@ -72,7 +72,7 @@ def test_the_board_scrapes_with_conventional_names_types_and_units() -> None:
     assert samples[("tidegate_dead_letters_total", labels(stage="ingest", code="BAD_MAGIC"))] == 2
     assert samples[("tidegate_consumer_lag_records", labels(stage="ingest"))] == 4
     assert samples[("tidegate_event_latency_seconds",
-                    labels(stage="ingest", quantile="0.99"))] == pytest.approx(0.00925)
+                    labels(stage="ingest", percentile="99"))] == pytest.approx(0.00925)
     assert samples[("tidegate_breaker_state",
                     labels(stage="inference", breaker="model", state="half_open"))] == 1
     assert samples[("tidegate_breaker_state",

@@ -87,8 +87,8 @@ class BoardCollector(Collector):
                                 labels=["stage"])
         latency = GaugeMetricFamily(
             "tidegate_event_latency_seconds",
-            "Age of the events the stage put out, quantiles of its last health interval.",
-            labels=["stage", "quantile"])
+            "Age of the events the stage put out, percentiles of its last health interval "
+            "(a gauge: the label is not a summary's quantile).", labels=["stage", "percentile"])
         paused = GaugeMetricFamily("tidegate_stage_paused",
                                    "1 while the stage's input is paused.", labels=["stage"])
         breaker = GaugeMetricFamily(
@@ -105,8 +105,8 @@ class BoardCollector(Collector):
             for code, count in sorted(info["dead_letters_by_code"].items()):
                 dead.add_metric([stage, code], count)
             lag.add_metric([stage], info["lag"])
-            latency.add_metric([stage, "0.5"], info["latency_p50_ms"] / 1000)
-            latency.add_metric([stage, "0.99"], info["latency_p99_ms"] / 1000)
+            latency.add_metric([stage, "50"], info["latency_p50_ms"] / 1000)
+            latency.add_metric([stage, "99"], info["latency_p99_ms"] / 1000)
             paused.add_metric([stage], int(bool(info["paused"])))
             for name, state in sorted(info["breakers"].items()):
                 states = _BREAKER_STATES if state in _BREAKER_STATES else [*_BREAKER_STATES, state]
