@@ -212,7 +212,9 @@ def _scrape(url: str) -> dict[str, dict[tuple[str, ...], float]]:
                 continue
             samples[tuple(v for k, v in sorted(sample.labels.items(), key=_label_order))] = (
                 sample.value)
-    assert {f.name for f in parse_openmetrics(openmetrics)} == set(families)
+    # OpenMetrics has an info type; the text format serves it as a gauge named ..._info
+    assert {f.name + ("_info" if f.type == "info" else "")
+            for f in parse_openmetrics(openmetrics)} == set(families)
     return families
 
 
