@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -12,13 +14,14 @@ import numpy as np
 from tidegate.batches import Batch, unpack_messages
 from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.deadletter import Code, DeadLetter
-from tidegate.errors import FeatureShapeError
+from tidegate.errors import FeatureShapeError, ModelUnavailableError
 from tidegate.models.registry import ModelRegistry
 from tidegate.models.scoring import ModelScorer, Scorer
 from tidegate.monitoring.drift import DriftSketch
-from tidegate.outputs import Outputs, prediction_messages
+from tidegate.outputs import Outputs, forward, prediction_messages
 from tidegate.pipeline.feature import DRIFT_EXEMPT, FEATURE_NAMES
 from tidegate.pipeline.inference import Path, PrimarySwitch, ScoringChain, predictions
+from tidegate.redelivery import ATTEMPT_HEADER, Attempts, RetryPolicy, exhausted
 from tidegate.runtime.stage import StageRuntime
 from tidegate.settings import Settings
 
@@ -31,7 +34,9 @@ SCORE_ROWS = 512  # rows per model call; batch predict is 200-460x cheaper per r
 
 
 def build(settings: Settings) -> StageRuntime:
-    """The inference stage: ``features`` in, ``predictions`` and ``dlq.inference`` out."""
+    """The inference stage: ``features`` in, ``predictions`` and ``dlq.inference`` out; with
+    ``TIDEGATE_RETRY_DELAYS`` set, a transient failure of the primary sends a chunk through
+    the retry topics (``tidegate.redelivery``) instead of to the fallback."""
     runtime = StageRuntime(STAGE, settings)
     assert runtime.topics.sink is not None
     sink_name = runtime.name(runtime.topics.sink)
@@ -63,8 +68,18 @@ def build(settings: Settings) -> StageRuntime:
     skips: dict[str | None, tuple[Path, ...]] = {
         "fallback": ("primary",), "static": ("primary", "fallback")}
 
+    policy = RetryPolicy(settings.retry_delay_seconds)
+    retry_topics = [runtime.name(spec) for spec in runtime.topics.retry]
+
     async def score_features(events: Sequence[Any]) -> Outputs:
         switch.refresh(steering.mode)  # cheap; a newly pinned model loads in a thread meanwhile
+        outputs = Outputs()
+        # the input's messages are all on attempt 1; a retry message carries its own history
+        for attempts, group in _by_history(events):
+            score_attempt(group, attempts, outputs)
+        return outputs
+
+    def score_attempt(events: Sequence[Any], attempts: Attempts, outputs: Outputs) -> None:
         batches, dead = unpack_messages(runtime.codec, events, stage=STAGE)
         usable: list[Batch] = []
         for part in batches:
@@ -78,27 +93,58 @@ def build(settings: Settings) -> StageRuntime:
                                    event_id=part.event_ids[i], trace_id=part.trace_ids[i])
                      for i in range(len(part))]
         batch = Batch.concat(usable)
-        outputs = Outputs(dead=dead, records_in=len(batch))
+        outputs.dead += dead
+        outputs.records_in += len(batch)
         skip = skips.get(steering.mode.degraded_to, ())
+        retried = [] if attempts.number == 1 else [(ATTEMPT_HEADER,
+                                                    str(attempts.number).encode())]
         # one model call per SCORE_ROWS rows: a backlog makes batches bigger, and the slow-call
         # breaker must judge the model, not the size of the backlog
         for start in range(0, len(batch), SCORE_ROWS):
             chunk = batch.take(range(start, min(start + SCORE_ROWS, len(batch))))
-            result = chain.score(chunk.features, skip=skip)
+            try:
+                result = chain.score(chunk.features, skip=skip, defer=policy.on)
+            except ModelUnavailableError as exc:  # a blip: the primary's answer, later
+                defer(chunk, attempts.failed(exc, now_ms=int(time.time() * 1000)), outputs)
+                continue
             if result.path == "primary":  # binned against the served model's reference
                 drift.add(chunk.features, result.scores)
             records = predictions(chunk, result)
             outputs.messages += prediction_messages(records, chunk.traceparents, encode=encode,
-                                                    topic=sink_name)
+                                                    topic=sink_name, headers=retried)
             outputs.records_out += len(records)
             outputs.latencies_ms += [r["latency_ms"] for r in records]
             runtime.metrics.extra["path"] = result.path
             runtime.metrics.count(f"predictions.{result.path}", len(records))
             runtime.metrics.count("predictions.flagged", sum(r["label"] for r in records))
-        return outputs
+            if retried:
+                runtime.metrics.count(f"retries.{result.path}", len(records))
+
+    def defer(chunk: Batch, later: Attempts, outputs: Outputs) -> None:
+        """To the retry topic of the next attempt, or, attempts spent, a dead letter each."""
+        failed_at = later.failures[-1].at_ms
+        retry = policy.route(later.number - 1)
+        if retry is None or retry > len(retry_topics):
+            outputs.dead += [exhausted(chunk.source(i), later, stage=STAGE,
+                                       event_id=chunk.event_ids[i], trace_id=chunk.trace_ids[i])
+                             for i in range(len(chunk))]
+            runtime.metrics.count("retries.exhausted", len(chunk))
+            return
+        headers = later.headers(due_ms=policy.due_ms(retry, failed_at_ms=failed_at))
+        outputs.messages += [replace(message, headers=headers) for message in forward(
+            runtime.codec, chunk, topic=retry_topics[retry - 1], stage=STAGE)]
+        runtime.metrics.count("retries.scheduled", len(chunk))
 
     runtime.consume(score_features, name="score_features")
     return runtime
+
+
+def _by_history(events: Sequence[Any]) -> list[tuple[Attempts, list[Any]]]:
+    """The messages grouped by their retry history (one group on the input topic)."""
+    groups: dict[Attempts, list[Any]] = {}
+    for event in events:
+        groups.setdefault(Attempts.of(event.message.headers), []).append(event)
+    return list(groups.items())
 
 
 class _DriftReport:
@@ -138,7 +184,7 @@ def _breakers(runtime: StageRuntime, settings: Settings) -> Callable[[str], Circ
     config = BreakerConfig(
         failure_rate_threshold=0.5, slow_call_rate_threshold=0.5,
         slow_call_duration=settings.breaker_slow_call_seconds, window="count", window_size=20,
-        minimum_calls=5, wait_duration=settings.breaker_wait_seconds,
+        minimum_calls=settings.breaker_minimum_calls, wait_duration=settings.breaker_wait_seconds,
         permitted_calls_in_half_open=1,  # one probe: a slow model blocks the stage while probed
     )
 

@@ -27,7 +27,7 @@ import numpy as np
 from tidegate.batches import Batch
 from tidegate.breaker import BreakerOpenError, CircuitBreaker
 from tidegate.control import StageMode
-from tidegate.errors import ScoringError
+from tidegate.errors import ModelUnavailableError, ScoringError
 from tidegate.models.registry import FALLBACK, PRIMARY, ModelRegistry
 from tidegate.models.scoring import ModelScorer, Scorer, StaticScorer
 
@@ -74,8 +74,15 @@ class ScoringChain:
         return cls(primary=primary, fallback=fallback, static=StaticScorer(static_score),
                    primary_threshold=primary.threshold, fallback_threshold=fallback.threshold)
 
-    def score(self, matrix: np.ndarray, *, skip: Sequence[Path] = ()) -> ScoreResult:
-        """Scores from the first link that answers; the static answer always does."""
+    def score(self, matrix: np.ndarray, *, skip: Sequence[Path] = (),
+              defer: bool = False) -> ScoreResult:
+        """Scores from the first link that answers; the static answer always does.
+
+        ``defer``: a transient failure of the primary (``ModelUnavailableError``, after its
+        breaker counted it) is raised instead of falling back, so the caller can try the
+        primary again later (retry topics). An open breaker still falls back: a long outage
+        degrades rather than piling up retries.
+        """
         links: tuple[tuple[Path, Scorer | None, float], ...] = (
             ("primary", self.primary, self.primary_threshold),
             ("fallback", self.fallback, self.fallback_threshold),
@@ -90,6 +97,10 @@ class ScoringChain:
                 return ScoreResult(scores, path, scorer.version, threshold)
             except BreakerOpenError:
                 continue  # open: the next link answers without trying this one
+            except ModelUnavailableError as exc:
+                if defer and path == "primary":
+                    raise
+                log.warning("%s scorer unavailable, falling back: %s", path, exc)
             except ScoringError as exc:
                 log.warning("%s scorer failed, falling back: %s", path, exc)
         return ScoreResult(self.static.score(matrix), "static", self.static.version, 1.0)
