@@ -183,7 +183,9 @@ def _breakers(runtime: StageRuntime, settings: Settings) -> Callable[[str], Circ
     """Makes a breaker for a model link; every transition is logged and sent as health now."""
     config = BreakerConfig(
         failure_rate_threshold=0.5, slow_call_rate_threshold=0.5,
-        slow_call_duration=settings.breaker_slow_call_seconds, window="count", window_size=20,
+        slow_call_duration=settings.breaker_slow_call_seconds, window="count",
+        # the last 20 calls, or as many as the breaker must see before it judges
+        window_size=max(20, settings.breaker_minimum_calls),
         minimum_calls=settings.breaker_minimum_calls, wait_duration=settings.breaker_wait_seconds,
         permitted_calls_in_half_open=1,  # one probe: a slow model blocks the stage while probed
     )
