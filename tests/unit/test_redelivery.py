@@ -50,7 +50,7 @@ def test_headers_carry_the_attempt_the_due_time_and_every_failure() -> None:
     second = first.failed(TimeoutError("slow"), now_ms=7_000)
     headers = second.headers(due_ms=8_000)
     assert headers[:2] == [(ATTEMPT_HEADER, b"3"), (DUE_HEADER, b"8000")]
-    assert json.loads(dict(headers)[f"{ERROR_HEADER}1"]) == {
+    assert json.loads(dict(headers)[f"{ERROR_HEADER}1"] or b"") == {
         "at": 5_000, "class": "ModelUnavailableError", "message": "throttled"}
     assert Attempts.of(headers) == second  # read back as written
     assert Attempts.of(dict(headers)) == second  # Faust hands headers as a mapping
