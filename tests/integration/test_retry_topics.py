@@ -69,8 +69,11 @@ def _retry_records(settings: Settings, n: int) -> list[Any]:
                            f"{settings.topic_prefix}inference.retry.{n}"))
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_a_blip_is_answered_by_the_primary_after_a_retry_without_blocking_the_input(
-        pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+        pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path,
+        guarantee: str) -> None:
+    monkeypatch.setenv("TIDEGATE_PROCESSING_GUARANTEE", guarantee)
     monkeypatch.setenv("TIDEGATE_RETRY_DELAYS", "1.5,1")
     monkeypatch.setenv("TIDEGATE_BREAKER_MINIMUM_CALLS", "1000")
     switch = tmp_path / "model.fault"
@@ -100,8 +103,9 @@ def test_a_blip_is_answered_by_the_primary_after_a_retry_without_blocking_the_in
     first_failed, first_due = min(history)
     meanwhile = [record for record, attempt in made
                  if attempt == 1 and first_failed < record["predicted_at"] < first_due]
-    print(f"\nblip: {len(retried)} predictions after a retry, {len(waiting)} retry messages, "
-          f"{len(meanwhile)} input events scored while the first waited")
+    print(f"\nblip ({guarantee}): {len(retried)} predictions after a retry, "
+          f"{len(waiting)} retry messages, {len(meanwhile)} input events scored while the "
+          "first waited")
     assert meanwhile, "the input was not scored while a retry waited"
 
 
