@@ -94,3 +94,14 @@ def test_the_catalog_has_a_retry_topic_per_attempt_for_inference() -> None:
     assert {spec.partitions for spec in retry} == {STAGES["inference"].source.partitions}
     assert retry_topic("inference", 2).retry_of == "inference"
     assert all(not STAGES[stage].retry for stage in STAGES if stage != "inference")
+
+
+def test_an_exhausted_dead_letter_replays_as_the_original_event() -> None:
+    from tidegate.cli.replay import decide, replay_headers
+
+    history = Attempts().failed(ModelUnavailableError("throttled"), now_ms=1)
+    letter = exhausted(SOURCE, history, stage="inference", event_id="e1")
+    assert decide(letter.headers, max_replays=3) == "replay"
+    resent = replay_headers(letter.headers, position="dlq.inference/0/7", now_ms=2)
+    assert resent[0] == ("origin", b"shop")
+    assert not any(name.startswith(("tidegate.dlq.", "tidegate.retry.")) for name, _ in resent)
