@@ -66,7 +66,6 @@ class FaultyModel:
         result: np.ndarray = self.model.predict_proba(matrix)
         return result
 
-
     def _unavailable(self, count: list[str]) -> bool:
         """``unavailable``: every call fails; ``unavailable N``: the first N calls of this
         process fail while the switch says so, then it answers (a blip that passes)."""
