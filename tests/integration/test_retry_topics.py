@@ -8,8 +8,11 @@ these tests are about the records that wait in the retry topics.
 from __future__ import annotations
 
 import json
+import os
+import signal
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -143,3 +146,43 @@ def test_attempts_spent_end_in_the_dead_letter_topic_with_every_attempt(
         assert attempts[0]["at"] <= attempts[1]["at"] <= attempts[2]["at"]
         assert len(json.loads(context["error.details"])) == 3
         assert "attempt.4" not in context
+
+
+def test_kill_9_while_records_wait_in_a_retry_topic_loses_and_repeats_nothing(
+        pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Exactly once: the retry record, the input offsets and later its outcome and the retry
+    offsets commit in transactions, so a killed inference neither loses nor repeats an event.
+    Each process fails its first two calls, so no record fails more than twice."""
+    monkeypatch.setenv("TIDEGATE_PROCESSING_GUARANTEE", "exactly_once")
+    monkeypatch.setenv("TIDEGATE_RETRY_DELAYS", "5,0.5,0.5")
+    monkeypatch.setenv("TIDEGATE_BREAKER_MINIMUM_CALLS", "1000")
+    switch = tmp_path / "model.fault"
+    switch.write_text("unavailable 2")
+    _faulty_primary(pipeline_settings, switch)
+    with running_pipeline(pipeline_settings, stages=DATA_STAGES) as supervisor, \
+            ThreadPoolExecutor(1) as pool:
+        wait_until_healthy(pipeline_settings, DATA_STAGES)
+        sending = pool.submit(_trickle, pipeline_settings, 30, seed=7)
+        deadline = time.monotonic() + 60
+        while not _retry_records(pipeline_settings, 1):
+            assert time.monotonic() < deadline, "nothing went to the retry topic"
+            time.sleep(0.2)
+        process = supervisor.children["inference"].process
+        assert process is not None
+        os.kill(process.pid, signal.SIGKILL)
+        answered_before = sum(attempt > 1 for _, attempt in _predictions(pipeline_settings))
+        supervisor.poll()
+        sent = sending.result()
+        predicted, dead = expectations(sent)
+        outputs = wait_for_outputs(pipeline_settings, len(sent), supervisor=supervisor,
+                                   timeout=90,
+                                   done=lambda out: set(predicted) <= set(out.predictions))
+        restarts = supervisor.children["inference"].restarts
+    assert restarts >= 1, "inference was not restarted"
+    assert set(predicted) <= set(outputs.predictions), "an event was lost"
+    assert outputs.predictions == predicted, "an event was predicted twice"
+    assert outputs.dead == dead
+    retried = sum(attempt > 1 for _, attempt in _predictions(pipeline_settings))
+    print(f"\nkill -9 of inference with records waiting: {len(sent)} events, none lost or "
+          f"repeated; {retried} predictions after a retry ({answered_before} before the kill)")
+    assert retried > answered_before, "no retry was answered after the restart"
