@@ -27,6 +27,7 @@ from tests.integration.pipeline import (
     wait_for_outputs,
     wait_until_healthy,
 )
+from tidegate.cli.replay import ReplayRequest, replay
 from tidegate.codec import Codec
 from tidegate.deadletter import Code, context_of, header_value
 from tidegate.example.stream import ExampleMessage, example_messages
@@ -112,7 +113,7 @@ def test_a_blip_is_answered_by_the_primary_after_a_retry_without_blocking_the_in
     assert meanwhile, "the input was not scored while a retry waited"
 
 
-def test_attempts_spent_end_in_the_dead_letter_topic_with_every_attempt(
+def test_attempts_spent_end_in_the_dead_letter_topic_with_every_attempt_and_replay(
         pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("TIDEGATE_RETRY_DELAYS", "0.3,0.3")
     monkeypatch.setenv("TIDEGATE_BREAKER_MINIMUM_CALLS", "1000")
@@ -126,14 +127,21 @@ def test_attempts_spent_end_in_the_dead_letter_topic_with_every_attempt(
         sent = produce(pipeline_settings, messages)
         outputs = wait_for_outputs(pipeline_settings, len(sent), supervisor=supervisor,
                                    timeout=60)
-    predicted, dead = expectations(sent)
+        predicted, dead = expectations(sent)
+        letters = list(read_topic(cluster_config(pipeline_settings),
+                                  pipeline_settings.topic_prefix + "dlq.inference"))
+        # the model server is back: the exhausted dead letters replay into predictions
+        switch.write_text("")
+        summary = replay(cluster_config(pipeline_settings), ReplayRequest(
+            topic="inference", codes=(Code.RETRIES_EXHAUSTED,)),
+            prefix=pipeline_settings.topic_prefix)
+        replayed = wait_for_outputs(pipeline_settings, 0, supervisor=supervisor, timeout=60,
+                                    done=lambda out: set(predicted) <= set(out.predictions))
     assert not outputs.predictions, "an event was predicted although the model always failed"
     exhausted = Counter({(stage, code, value): n for (stage, code, value), n
                          in outputs.dead.items() if code == Code.RETRIES_EXHAUSTED})
     assert exhausted.total() == sum(predicted.values()), "an event was lost or repeated"
     assert outputs.dead - exhausted == dead, "poison did not go straight to its dead letters"
-    letters = list(read_topic(cluster_config(pipeline_settings),
-                              pipeline_settings.topic_prefix + "dlq.inference"))
     ids = Counter(context_of(m.headers()).get("event.id") for m in letters)
     assert ids == predicted, "not every event ended as exactly one dead letter"
     for message in letters:
@@ -146,6 +154,8 @@ def test_attempts_spent_end_in_the_dead_letter_topic_with_every_attempt(
         assert attempts[0]["at"] <= attempts[1]["at"] <= attempts[2]["at"]
         assert len(json.loads(context["error.details"])) == 3
         assert "attempt.4" not in context
+    assert summary.replayed == len(letters)
+    assert replayed.predictions == predicted, "a replayed event was lost or predicted twice"
 
 
 def test_kill_9_while_records_wait_in_a_retry_topic_loses_and_repeats_nothing(
