@@ -32,7 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tidegate.errors import ConfigError
 from tidegate.signing import ControlKeys
-from tidegate.topics import DATA_STAGES, MAX_RETRY_ATTEMPTS
+from tidegate.topics import DATA_STAGES, MAX_RETRIES
 
 __all__ = ["ClientConfig", "LogFormat", "Settings", "load_settings", "security_config"]
 
@@ -226,8 +226,8 @@ def _parse_delays(value: str) -> tuple[float, ...]:
                          ) from None
     if any(not math.isfinite(delay) or delay <= 0 or delay > 86_400 for delay in delays):
         raise ValueError(f"each delay must be over 0 and at most 86400 seconds, got {value!r}")
-    if len(delays) > MAX_RETRY_ATTEMPTS:
-        raise ValueError(f"at most {MAX_RETRY_ATTEMPTS} delays (one per retry topic), "
+    if len(delays) > MAX_RETRIES:
+        raise ValueError(f"at most {MAX_RETRIES} delays (one per retry topic), "
                          f"got {len(delays)}")
     return delays
 

@@ -19,7 +19,7 @@ __all__ = [
     "ACCOUNTS",
     "CATALOG",
     "DATA_STAGES",
-    "MAX_RETRY_ATTEMPTS",
+    "MAX_RETRIES",
     "STAGES",
     "STAGE_ORDER",
     "CleanupPolicy",
@@ -130,9 +130,9 @@ AUDIT = TopicSpec(
 
 _DLQ = {stage: _dead_letter(stage) for stage in ("ingest", "validation", "feature", "inference")}
 
-# Retry topics, one per attempt (TIDEGATE_RETRY_DELAYS names how long each waits): a fixed
+# Retry topics, one per retry (TIDEGATE_RETRY_DELAYS names how long each waits): a fixed
 # number, so the catalog, the ACLs and compose need not follow a setting.
-MAX_RETRY_ATTEMPTS = 3
+MAX_RETRIES = 3
 
 
 def retry_topic(stage: str, attempt: int) -> TopicSpec:
@@ -149,7 +149,7 @@ def retry_topic(stage: str, attempt: int) -> TopicSpec:
     )
 
 
-_RETRY = tuple(retry_topic("inference", n) for n in range(1, MAX_RETRY_ATTEMPTS + 1))
+_RETRY = tuple(retry_topic("inference", n) for n in range(1, MAX_RETRIES + 1))
 
 CATALOG: tuple[TopicSpec, ...] = (
     EVENTS, INGESTED, VALIDATED, FEATURES, ACCOUNTS, PREDICTIONS, *_DLQ.values(), *_RETRY,

@@ -18,7 +18,7 @@ from tidegate.redelivery import (
     due_ms_of,
     exhausted,
 )
-from tidegate.topics import MAX_RETRY_ATTEMPTS, STAGES, by_key, retry_topic
+from tidegate.topics import MAX_RETRIES, STAGES, by_key, retry_topic
 
 pytestmark = pytest.mark.unit
 
@@ -88,7 +88,7 @@ def test_exhausted_dead_letter_keeps_the_original_and_lists_every_attempt() -> N
 def test_the_catalog_has_a_retry_topic_per_attempt_for_inference() -> None:
     retry = STAGES["inference"].retry
     assert [spec.key for spec in retry] == [f"inference.retry.{n}"
-                                            for n in range(1, MAX_RETRY_ATTEMPTS + 1)]
+                                            for n in range(1, MAX_RETRIES + 1)]
     assert all(by_key(spec.key) == spec for spec in retry)
     # a chunk keeps its input partition on the way round
     assert {spec.partitions for spec in retry} == {STAGES["inference"].source.partitions}
