@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -12,11 +14,11 @@ import numpy as np
 from tidegate.batches import Batch, unpack_messages
 from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.deadletter import Code, DeadLetter
-from tidegate.errors import FeatureShapeError
+from tidegate.errors import FeatureShapeError, ModelUnavailableError
 from tidegate.models.registry import ModelRegistry
 from tidegate.models.scoring import ModelScorer, Scorer
 from tidegate.monitoring.drift import DriftSketch
-from tidegate.outputs import Outputs, prediction_messages
+from tidegate.outputs import Outputs, forward, prediction_messages
 from tidegate.pipeline.canary import CanarySlot, ScoreBins, score_canary
 from tidegate.pipeline.feature import DRIFT_EXEMPT, FEATURE_NAMES
 from tidegate.pipeline.inference import (
@@ -26,6 +28,7 @@ from tidegate.pipeline.inference import (
     ScoringChain,
     predictions,
 )
+from tidegate.redelivery import ATTEMPT_HEADER, Attempts, RetryPolicy, exhausted
 from tidegate.runtime.stage import StageRuntime
 from tidegate.settings import Settings
 
@@ -38,7 +41,9 @@ SCORE_ROWS = 512  # rows per model call; batch predict is 200-460x cheaper per r
 
 
 def build(settings: Settings) -> StageRuntime:
-    """The inference stage: ``features`` in, ``predictions`` and ``dlq.inference`` out."""
+    """The inference stage: ``features`` in, ``predictions`` and ``dlq.inference`` out; with
+    ``TIDEGATE_RETRY_DELAYS`` set, a transient failure of the primary sends a chunk through
+    the retry topics (``tidegate.redelivery``) instead of to the fallback."""
     runtime = StageRuntime(STAGE, settings)
     assert runtime.topics.sink is not None
     sink_name = runtime.name(runtime.topics.sink)
@@ -86,9 +91,19 @@ def build(settings: Settings) -> StageRuntime:
     skips: dict[str | None, tuple[Path, ...]] = {
         "fallback": ("primary",), "static": ("primary", "fallback")}
 
+    policy = RetryPolicy(settings.retry_delay_seconds)
+    retry_topics = [runtime.name(spec) for spec in runtime.topics.retry]
+
     async def score_features(events: Sequence[Any]) -> Outputs:
         switch.refresh(steering.mode)  # cheap; a newly pinned model loads in a thread meanwhile
         canary.refresh(steering.mode)
+        outputs = Outputs()
+        # the input's messages are all on attempt 1; a retry message carries its own history
+        for attempts, group in _by_history(events):
+            score_attempt(group, attempts, outputs)
+        return outputs
+
+    def score_attempt(events: Sequence[Any], attempts: Attempts, outputs: Outputs) -> None:
         batches, dead = unpack_messages(runtime.codec, events, stage=STAGE)
         usable: list[Batch] = []
         for part in batches:
@@ -102,9 +117,15 @@ def build(settings: Settings) -> StageRuntime:
                                    event_id=part.event_ids[i], trace_id=part.trace_ids[i])
                      for i in range(len(part))]
         batch = Batch.concat(usable)
-        outputs = Outputs(dead=dead, records_in=len(batch), traceparents=batch.traceparents)
+        outputs.dead += dead
+        outputs.records_in += len(batch)
+        # the batch span links to these; one group (the usual case) is passed without a copy
+        outputs.traceparents = ([*outputs.traceparents, *batch.traceparents]
+                                if outputs.traceparents else batch.traceparents)
         skip = skips.get(steering.mode.degraded_to, ())
         candidate = canary.active() if not skip else None  # a degraded stage serves no canary
+        retried = [] if attempts.number == 1 else [(ATTEMPT_HEADER,
+                                                    str(attempts.number).encode())]
         # one model call per SCORE_ROWS rows: a backlog makes batches bigger, and the slow-call
         # breaker must judge the model, not the size of the backlog
         for start in range(0, len(batch), SCORE_ROWS):
@@ -118,25 +139,55 @@ def build(settings: Settings) -> StageRuntime:
                     bins.add("candidate", tried[1].scores)
                     runtime.metrics.count("canary_predictions", len(tried[0]))
             if len(chunk):
-                result = chain.score(chunk.features, skip=skip)
-                if result.path == "primary":  # binned against the served model's reference
-                    drift.add(chunk.features, result.scores)
-                    if candidate is not None:
-                        bins.add("production", result.scores)
-                scored.append((chunk, result))
-                runtime.metrics.extra["path"] = result.path
+                try:
+                    result = chain.score(chunk.features, skip=skip, defer=policy.on)
+                except ModelUnavailableError as exc:  # a blip: the primary's answer, later
+                    defer(chunk, attempts.failed(exc, now_ms=int(time.time() * 1000)),
+                          outputs)
+                else:
+                    if result.path == "primary":  # binned against the served model's reference
+                        drift.add(chunk.features, result.scores)
+                        if candidate is not None:
+                            bins.add("production", result.scores)
+                    scored.append((chunk, result))
+                    runtime.metrics.extra["path"] = result.path
             for part, result in scored:
                 records = predictions(part, result)
                 outputs.messages += prediction_messages(records, part.traceparents,
-                                                        encode=encode, topic=sink_name)
+                                                        encode=encode, topic=sink_name,
+                                                        headers=retried)
                 outputs.records_out += len(records)
                 outputs.latencies_ms += [r["latency_ms"] for r in records]
                 runtime.metrics.count(f"predictions.{result.path}", len(records))
                 runtime.metrics.count("predictions.flagged", sum(r["label"] for r in records))
-        return outputs
+                if retried:
+                    runtime.metrics.count(f"retries.{result.path}", len(records))
+
+    def defer(chunk: Batch, later: Attempts, outputs: Outputs) -> None:
+        """To the retry topic of the next attempt, or, attempts spent, a dead letter each."""
+        failed_at = later.failures[-1].at_ms
+        retry = policy.route(later.number - 1)
+        if retry is None or retry > len(retry_topics):
+            outputs.dead += [exhausted(chunk.source(i), later, stage=STAGE,
+                                       event_id=chunk.event_ids[i], trace_id=chunk.trace_ids[i])
+                             for i in range(len(chunk))]
+            runtime.metrics.count("retries.exhausted", len(chunk))
+            return
+        headers = later.headers(due_ms=policy.due_ms(retry, failed_at_ms=failed_at))
+        outputs.messages += [replace(message, headers=headers) for message in forward(
+            runtime.codec, chunk, topic=retry_topics[retry - 1], stage=STAGE)]
+        runtime.metrics.count("retries.scheduled", len(chunk))
 
     runtime.consume(score_features, name="score_features")
     return runtime
+
+
+def _by_history(events: Sequence[Any]) -> list[tuple[Attempts, list[Any]]]:
+    """The messages grouped by their retry history (one group on the input topic)."""
+    groups: dict[Attempts, list[Any]] = {}
+    for event in events:
+        groups.setdefault(Attempts.of(event.message.headers), []).append(event)
+    return list(groups.items())
 
 
 class _DriftReport:
@@ -175,8 +226,10 @@ def _breakers(runtime: StageRuntime, settings: Settings) -> Callable[[str], Circ
     """Makes a breaker for a model link; every transition is logged and sent as health now."""
     config = BreakerConfig(
         failure_rate_threshold=0.5, slow_call_rate_threshold=0.5,
-        slow_call_duration=settings.breaker_slow_call_seconds, window="count", window_size=20,
-        minimum_calls=5, wait_duration=settings.breaker_wait_seconds,
+        slow_call_duration=settings.breaker_slow_call_seconds, window="count",
+        # the last 20 calls, or as many as the breaker must see before it judges
+        window_size=max(20, settings.breaker_minimum_calls),
+        minimum_calls=settings.breaker_minimum_calls, wait_duration=settings.breaker_wait_seconds,
         permitted_calls_in_half_open=1,  # one probe: a slow model blocks the stage while probed
     )
 

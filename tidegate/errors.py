@@ -30,6 +30,7 @@ __all__ = [
     "ModelArtifactError",
     "ModelArtifactTamperedError",
     "ModelNotFoundError",
+    "ModelUnavailableError",
     "NotAnObjectError",
     "RegistryError",
     "RegistryNotFoundError",
@@ -250,6 +251,12 @@ class ScoringError(TidegateError):
     """A model failed on a batch or returned invalid scores; the fallback takes over."""
 
     code = "SCORING"
+
+
+class ModelUnavailableError(ScoringError):
+    """A model server timed out or throttled the call: the same call may answer later."""
+
+    code = "MODEL_UNAVAILABLE"
 
 
 class RulesFileError(ConfigError):

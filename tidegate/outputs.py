@@ -68,13 +68,15 @@ def forward(codec: Codec, batch: Batch, *, topic: str, stage: str) -> list[Outgo
 
 def prediction_messages(records: Sequence[Mapping[str, Any]], traceparents: Iterable[str], *,
                         encode: Callable[[Sequence[Mapping[str, Any]]], list[bytes]],
-                        topic: str) -> list[Outgoing]:
-    """One message per prediction, keyed by event id, with the event's trace context.
+                        topic: str, headers: Sequence[tuple[str, bytes | None]] = (),
+                        ) -> list[Outgoing]:
+    """One message per prediction, keyed by event id, with the event's trace context and
+    ``headers`` (a retried record's attempt).
 
     ``encode`` frames the whole list in one call (``Codec.batch_encoder``).
     """
     return [Outgoing(topic=topic, key=str(record["event_id"]).encode(), value=value,
-                     headers=[("traceparent", traceparent.encode())])
+                     headers=[("traceparent", traceparent.encode()), *headers])
             for record, value, traceparent in zip(records, encode(records), traceparents,
                                                   strict=True)]
 

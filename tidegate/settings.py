@@ -13,6 +13,7 @@ Example::
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 from collections.abc import Mapping
@@ -31,7 +32,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from tidegate.errors import ConfigError
 from tidegate.signing import ControlKeys
-from tidegate.topics import DATA_STAGES
+from tidegate.topics import DATA_STAGES, MAX_RETRIES
 
 __all__ = ["ClientConfig", "LogFormat", "Settings", "load_settings", "security_config"]
 
@@ -100,6 +101,9 @@ class Settings(BaseSettings):
     rules_file: Path | None = None
     stall_seconds: float = Field(default=30.0, gt=0)
     breaker_wait_seconds: float = Field(default=10.0, gt=0)
+    breaker_minimum_calls: int = Field(default=5, ge=1, le=100_000)
+    # retry topics: seconds each attempt waits, "1,10,60"; empty: a failing model falls back
+    retry_delays: str = ""
     backpressure_high: int = Field(default=200, ge=1)
     backpressure_low: int = Field(default=50, ge=0)
     # The guard is for storms: a threshold near a normal bad-record rate, or a handful of
@@ -141,6 +145,12 @@ class Settings(BaseSettings):
                 raise ValueError(str(exc)) from exc
         return value
 
+    @field_validator("retry_delays")
+    @classmethod
+    def _check_retry_delays(cls, value: str) -> str:
+        _parse_delays(value)
+        return value
+
     @field_validator("fault_freeze_partition")
     @classmethod
     def _check_freeze(cls, value: str) -> str:
@@ -167,7 +177,15 @@ class Settings(BaseSettings):
             # transactions commit the input offsets of a librdkafka consumer's group
             raise ValueError("TIDEGATE_PROCESSING_GUARANTEE=exactly_once needs "
                              "TIDEGATE_READER=librdkafka")
+        if self.retry_delays.strip() and self.reader != "librdkafka":
+            # the retry topics are read by a second librdkafka consumer beside the input's
+            raise ValueError("TIDEGATE_RETRY_DELAYS needs TIDEGATE_READER=librdkafka")
         return self
+
+    @property
+    def retry_delay_seconds(self) -> tuple[float, ...]:
+        """The wait before each retry attempt; empty when retry topics are off."""
+        return _parse_delays(self.retry_delays)
 
     @property
     def exactly_once(self) -> bool:
@@ -198,6 +216,23 @@ class Settings(BaseSettings):
     def client_config(self, bootstrap_servers: str) -> ClientConfig:
         """librdkafka configuration for any client: bootstrap servers plus security settings."""
         return {"bootstrap.servers": bootstrap_servers, **self.security}
+
+
+def _parse_delays(value: str) -> tuple[float, ...]:
+    """``"1,10,60"`` -> ``(1.0, 10.0, 60.0)``; at most one delay per retry topic."""
+    if not value.strip():
+        return ()
+    try:
+        delays = tuple(float(part) for part in value.split(","))
+    except ValueError:
+        raise ValueError(f"expected seconds separated by commas, like 1,10,60, got {value!r}"
+                         ) from None
+    if any(not math.isfinite(delay) or delay <= 0 or delay > 86_400 for delay in delays):
+        raise ValueError(f"each delay must be over 0 and at most 86400 seconds, got {value!r}")
+    if len(delays) > MAX_RETRIES:
+        raise ValueError(f"at most {MAX_RETRIES} delays (one per retry topic), "
+                         f"got {len(delays)}")
+    return delays
 
 
 def load_settings() -> Settings:

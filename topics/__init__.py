@@ -19,6 +19,7 @@ __all__ = [
     "ACCOUNTS",
     "CATALOG",
     "DATA_STAGES",
+    "MAX_RETRIES",
     "STAGES",
     "STAGE_ORDER",
     "CleanupPolicy",
@@ -26,6 +27,7 @@ __all__ = [
     "TopicSpec",
     "by_key",
     "downstream_of",
+    "retry_topic",
     "stage_topics",
 ]
 
@@ -45,6 +47,7 @@ class TopicSpec:
     cleanup_policy: CleanupPolicy = "delete"
     value_schema: str | None = None
     dead_letter_of: str | None = None
+    retry_of: str | None = None  # the stage this retry topic feeds back (retry topics only)
     internal: bool = False
     # the broker stamps each record when it appends it, so no writer can backdate one
     log_append_time: bool = False
@@ -127,8 +130,29 @@ AUDIT = TopicSpec(
 
 _DLQ = {stage: _dead_letter(stage) for stage in ("ingest", "validation", "feature", "inference")}
 
+# Retry topics, one per retry (TIDEGATE_RETRY_DELAYS names how long each waits): a fixed
+# number, so the catalog, the ACLs and compose need not follow a setting.
+MAX_RETRIES = 3
+
+
+def retry_topic(stage: str, attempt: int) -> TopicSpec:
+    """Where a record of ``stage`` waits after its ``attempt``-th transient failure.
+
+    >>> retry_topic("inference", 1).key
+    'inference.retry.1'
+    """
+    return TopicSpec(
+        key=f"{stage}.retry.{attempt}", partitions=FEATURES.partitions, retention_ms=_DAY_MS,
+        internal=True, value_schema="tidegate.internal.EventPack", retry_of=stage,
+        description=f"{stage}'s records waiting for retry attempt {attempt + 1} after a "
+        "transient failure, with the due time and earlier errors in headers",
+    )
+
+
+_RETRY = tuple(retry_topic("inference", n) for n in range(1, MAX_RETRIES + 1))
+
 CATALOG: tuple[TopicSpec, ...] = (
-    EVENTS, INGESTED, VALIDATED, FEATURES, ACCOUNTS, PREDICTIONS, *_DLQ.values(),
+    EVENTS, INGESTED, VALIDATED, FEATURES, ACCOUNTS, PREDICTIONS, *_DLQ.values(), *_RETRY,
     HEALTH, CONTROL, LABELS, ALERTS, AUDIT,
 )
 
@@ -141,6 +165,7 @@ class StageTopics:
     source: TopicSpec
     sink: TopicSpec | None
     dead_letter: TopicSpec | None
+    retry: tuple[TopicSpec, ...] = ()  # by attempt: retry[0] holds records after a first failure
 
 
 STAGES: dict[str, StageTopics] = {
@@ -151,7 +176,7 @@ STAGES: dict[str, StageTopics] = {
     "feature": StageTopics(stage="feature", source=VALIDATED, sink=FEATURES,
                            dead_letter=_DLQ["feature"]),
     "inference": StageTopics(stage="inference", source=FEATURES, sink=PREDICTIONS,
-                             dead_letter=_DLQ["inference"]),
+                             dead_letter=_DLQ["inference"], retry=_RETRY),
     "monitoring": StageTopics(stage="monitoring", source=HEALTH, sink=CONTROL, dead_letter=None),
 }
 

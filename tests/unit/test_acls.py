@@ -74,6 +74,15 @@ def test_a_stage_touches_nothing_of_another_stage(grants: tuple[Grant, ...],
                    and not g.name.startswith(f"{PREFIX}{stage}-") for g in grants)
 
 
+def test_only_inference_reads_and_writes_the_retry_topics(grants: tuple[Grant, ...]) -> None:
+    for spec in STAGES["inference"].retry:
+        for operation in ("READ", "WRITE"):
+            users = {p for p in {g.principal for g in grants}
+                     if allowed(grants, p, "topic", spec.name(PREFIX), operation)}
+            assert users == {"inference", "operator"}
+    assert allowed(grants, "inference", "group", f"{PREFIX}inference-retry", "READ")
+
+
 def test_only_operator_and_monitoring_write_control(grants: tuple[Grant, ...]) -> None:
     writers = {p for p in {g.principal for g in grants}
                if allowed(grants, p, "topic", PREFIX + "control", "WRITE")}

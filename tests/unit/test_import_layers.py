@@ -22,7 +22,7 @@ LAYERS: dict[str, int] = {
     "runtime": 3, "monitoring": 4, "agents": 5, "cli": 6,
 }
 BASE_MODULES = {"__init__", "batches", "breaker", "codec", "control", "deadletter", "errors",
-                "flatavro", "outputs", "retry", "settings", "signing", "topics"}
+                "flatavro", "outputs", "redelivery", "retry", "settings", "signing", "topics"}
 MAPPED = {"agents", "topics", "schemas"}  # top-level folders mapped into the namespace
 
 

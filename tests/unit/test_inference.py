@@ -19,7 +19,8 @@ from tidegate.batches import Batch
 from tidegate.breaker import BreakerConfig, CircuitBreaker, State
 from tidegate.codec import Codec
 from tidegate.control import StageMode, command
-from tidegate.errors import ModelArtifactTamperedError, ScoringError
+from tidegate.errors import ModelArtifactTamperedError, ModelUnavailableError, ScoringError
+from tidegate.models.faults import FaultyModel
 from tidegate.models.registry import ModelRegistry, ModelVersion
 from tidegate.models.scoring import ModelScorer, Scorer, StaticScorer
 from tidegate.models.training import FALLBACK, PRIMARY
@@ -126,6 +127,80 @@ def test_missing_links_are_passed_over() -> None:
     fallback = FixedScorer("f:v1", [0.3] * 3)
     assert chain(None, fallback).score(MATRIX).path == "fallback"
     assert chain(None, None).score(MATRIX).path == "static"
+
+
+class UnavailableScorer:
+    """A model server that throttles every call: a transient failure."""
+
+    def __init__(self, version: str) -> None:
+        self.version = version
+        self.calls = 0
+
+    def score(self, matrix: np.ndarray) -> np.ndarray:
+        self.calls += 1
+        raise ModelUnavailableError(f"{self.version}: throttled")
+
+
+def test_a_transient_primary_failure_is_deferred_only_when_asked() -> None:
+    fallback = FixedScorer("f:v1", [0.2] * 3)
+    scoring = chain(UnavailableScorer("p:v2"), fallback)
+    assert scoring.score(MATRIX).path == "fallback"  # retry topics off: falls back as before
+    with pytest.raises(ModelUnavailableError):
+        scoring.score(MATRIX, defer=True)
+    assert fallback.calls == 1  # the deferred chunk took no fallback answer
+
+
+def test_deferring_still_falls_back_for_other_failures_and_an_open_breaker() -> None:
+    fallback = FixedScorer("f:v1", [0.2] * 3)
+    assert chain(FailingScorer("p:v2"), fallback).score(MATRIX, defer=True).path == "fallback"
+    # a transient failure of the fallback is not deferred: the static answer follows
+    both = chain(UnavailableScorer("p:v2"), UnavailableScorer("f:v1"), static=0.1)
+    assert both.score(MATRIX, skip=("primary",), defer=True).path == "static"
+    primary = UnavailableScorer("p:v2")
+    scoring = chain(primary, fallback)
+    breaker = CircuitBreaker("model:primary", BreakerConfig(
+        window="count", window_size=4, minimum_calls=2, wait_duration=60.0))
+    scoring.breakers = {"primary": breaker}
+    for _ in range(2):  # the breaker counts the deferred failures and opens
+        with pytest.raises(ModelUnavailableError):
+            scoring.score(MATRIX, defer=True)
+    assert breaker.state == State.OPEN
+    result = scoring.score(MATRIX, defer=True)  # open: the fallback answers, no retry
+    assert result.path == "fallback" and primary.calls == 2
+
+
+def test_a_model_timing_out_is_unavailable_not_broken() -> None:
+    class TimingOut:
+        classes_ = np.array([0, 1])
+
+        def predict_proba(self, matrix: np.ndarray) -> np.ndarray:
+            raise TimeoutError("model server did not answer in 2 s")
+
+    version = ModelVersion(name="p", version="v1", created_ms=0, stage="production",
+                           metrics={}, feature_names=FEATURE_NAMES, threshold=0.5, reference={})
+    with pytest.raises(ModelUnavailableError, match="TimeoutError"):
+        ModelScorer(version, TimingOut()).score(MATRIX)
+
+
+def test_the_faulty_model_fails_transiently_for_a_count_of_calls(tmp_path: Path) -> None:
+    x = np.random.default_rng(1).normal(size=(50, WIDTH))
+    model = LogisticRegression().fit(x, (x[:, 0] > 0).astype(int))
+    switch = tmp_path / "fault"
+    faulty = FaultyModel(model, switch=switch)
+    switch.write_text("unavailable 2")
+    outcomes = []
+    for _ in range(4):
+        try:
+            faulty.predict_proba(x[:3])
+            outcomes.append("ok")
+        except ModelUnavailableError:
+            outcomes.append("unavailable")
+    assert outcomes == ["unavailable", "unavailable", "ok", "ok"]
+    switch.write_text("unavailable")
+    with pytest.raises(ModelUnavailableError):
+        faulty.predict_proba(x[:3])
+    switch.write_text("")
+    assert faulty.predict_proba(x[:3]).shape == (3, 2)
 
 
 @pytest.fixture(scope="module")

@@ -117,6 +117,10 @@ def test_security_settings_are_fixed_at_load(monkeypatch: pytest.MonkeyPatch) ->
     ("TIDEGATE_LOG_LEVEL", "LOUD"),
     ("TIDEGATE_TOPIC_PREFIX", "bad prefix!"),
     ("TIDEGATE_BROKER_HEAP", "lots"),
+    ("TIDEGATE_RETRY_DELAYS", "1,soon"),
+    ("TIDEGATE_RETRY_DELAYS", "1,0"),
+    ("TIDEGATE_RETRY_DELAYS", "1,2,3,4"),
+    ("TIDEGATE_BREAKER_MINIMUM_CALLS", "0"),
 ])
 def test_a_bad_value_is_a_one_line_config_error_naming_the_variable(
         monkeypatch: pytest.MonkeyPatch, name: str, value: str) -> None:
@@ -126,6 +130,15 @@ def test_a_bad_value_is_a_one_line_config_error_naming_the_variable(
     message = str(caught.value)
     assert "\n" not in message
     assert message.startswith(f"invalid setting {name}: ")
+
+
+def test_retry_delays(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_settings().retry_delay_seconds == ()  # off by default
+    monkeypatch.setenv("TIDEGATE_RETRY_DELAYS", "0.5, 10,60")
+    assert load_settings().retry_delay_seconds == (0.5, 10.0, 60.0)
+    monkeypatch.setenv("TIDEGATE_READER", "faust")  # only the librdkafka reader reads them
+    with pytest.raises(ConfigError, match="TIDEGATE_RETRY_DELAYS needs TIDEGATE_READER"):
+        load_settings()
 
 
 # --- Faust credentials ----------------------------------------------------------------------

@@ -2,10 +2,11 @@
 
 One principal per stage (``ingest``, ``validation``, ``feature``, ``inference``,
 ``monitoring``) and ``operator`` for people and the CLI. A stage may read its source, the
-control and the health topic, write its sink, its dead-letter topic, the health and the audit
-topic (refused commands), use its own consumer groups and transactional ids, and keep the Faust
-app's own topics. Only ``operator`` and ``monitoring`` may write the control topic. Everything
-not granted is denied (the broker runs with ``allow.everyone.if.no.acl.found=false``).
+control and the health topic, read and write its retry topics, write its sink, its dead-letter
+topic, the health and the audit topic (refused commands), use its own consumer groups and
+transactional ids, and keep the Faust app's own topics. Only ``operator`` and ``monitoring``
+may write the control topic. Everything not granted is denied (the broker runs with
+``allow.everyone.if.no.acl.found=false``).
 
 Example::
 
@@ -98,6 +99,9 @@ def _stage(stage: str, prefix: str) -> list[Grant]:
     writes = [spec for spec in (topics.sink, topics.dead_letter, by_key("health"),
                                 by_key("audit")) if spec]
     reads = [topics.source, by_key("control"), by_key("health")]
+    # records waiting out a transient failure leave and come back through the retry topics
+    reads += topics.retry
+    writes += topics.retry
     if stage == "ingest":
         writes.append(by_key("predictions"))  # shed events are answered at ingest
     if stage == "feature":

@@ -2,8 +2,10 @@
 input partition that stops moving.
 
 ``FaultyModel`` wraps a fitted classifier. While the file ``switch`` holds ``fail`` every call
-raises; while it holds ``slow <seconds>`` every call sleeps first; otherwise it answers as the
-model it wraps. Register it as a model version to rehearse what the breakers do in production.
+raises; while it holds ``unavailable`` every call fails transiently (``ModelUnavailableError``,
+a throttled model server), and with ``unavailable <n>`` the first n calls of the process do;
+while it holds ``slow <seconds>`` every call sleeps first; otherwise it answers as the model it
+wraps. Register it as a model version to rehearse what the breakers do in production.
 
 ``InvertedModel`` answers without failing but backwards (``1 - p``): a bad release that no
 breaker notices. :func:`register_bad_version` registers one as a candidate, to rehearse the
@@ -31,6 +33,7 @@ from typing import Any
 
 import numpy as np
 
+from tidegate.errors import ModelUnavailableError
 from tidegate.models.registry import ModelRegistry, ModelVersion
 from tidegate.settings import Settings
 
@@ -56,10 +59,21 @@ class FaultyModel:
             order = []
         if order[:1] == ["fail"]:
             raise RuntimeError("injected model failure")
+        if order[:1] == ["unavailable"] and self._unavailable(order[1:]):
+            raise ModelUnavailableError("injected: the model server throttled the call")
         if order[:1] == ["slow"]:
             time.sleep(float(order[1]) if len(order) > 1 else 2.0)
         result: np.ndarray = self.model.predict_proba(matrix)
         return result
+
+    def _unavailable(self, count: list[str]) -> bool:
+        """``unavailable``: every call fails; ``unavailable N``: the first N calls of this
+        process fail while the switch says so, then it answers (a blip that passes)."""
+        if not count:
+            return True
+        calls = getattr(self, "_unavailable_calls", 0) + 1  # absent in older pickles
+        self._unavailable_calls = calls
+        return calls <= int(count[0])
 
 
 def register_like(registry: ModelRegistry, name: str, model: object) -> ModelVersion:

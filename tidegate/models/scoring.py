@@ -23,7 +23,12 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from tidegate.errors import FeatureMismatchError, ModelArtifactError, ScoringError
+from tidegate.errors import (
+    FeatureMismatchError,
+    ModelArtifactError,
+    ModelUnavailableError,
+    ScoringError,
+)
 from tidegate.models.registry import ModelRegistry, ModelVersion
 from tidegate.pipeline.feature import FEATURE_NAMES
 
@@ -92,6 +97,10 @@ class ModelScorer:
             return np.zeros(0, dtype=np.float64)
         try:
             proba = self._model.predict_proba(matrix)
+        except ModelUnavailableError:
+            raise  # already says what it is: transient, the same call may answer later
+        except (TimeoutError, ConnectionError) as exc:  # a model server away or too slow
+            raise ModelUnavailableError(f"{self.version}: {type(exc).__name__}: {exc}") from exc
         except Exception as exc:  # any model failure is a scoring failure for the breaker
             raise ScoringError(f"{self.version}: {type(exc).__name__}: {exc}") from exc
         scores = np.asarray(proba, dtype=np.float64)[:, self._positive]

@@ -30,7 +30,7 @@ from opentelemetry import trace
 from tidegate.batches import Batch
 from tidegate.breaker import BreakerOpenError, CircuitBreaker
 from tidegate.control import StageMode
-from tidegate.errors import ScoringError
+from tidegate.errors import ModelUnavailableError, ScoringError
 from tidegate.models.registry import FALLBACK, PRIMARY, ModelRegistry
 from tidegate.models.scoring import ModelScorer, Scorer, StaticScorer
 
@@ -79,20 +79,27 @@ class ScoringChain:
         return cls(primary=primary, fallback=fallback, static=StaticScorer(static_score),
                    primary_threshold=primary.threshold, fallback_threshold=fallback.threshold)
 
-    def score(self, matrix: np.ndarray, *, skip: Sequence[Path] = ()) -> ScoreResult:
+    def score(self, matrix: np.ndarray, *, skip: Sequence[Path] = (),
+              defer: bool = False) -> ScoreResult:
         """Scores from the first link that answers; the static answer always does.
+
+        ``defer``: a transient failure of the primary (``ModelUnavailableError``, after its
+        breaker counted it) is raised instead of falling back, so the caller can try the
+        primary again later (retry topics). An open breaker still falls back: a long outage
+        degrades rather than piling up retries.
 
         Traced as a ``score`` span: the path taken, the model version and the rows; a link
         that failed or whose breaker was open is an event on the span.
         """
         with _tracer.start_as_current_span(
                 "score", attributes={"tidegate.model.rows": len(matrix)}) as span:
-            result = self._score(matrix, skip, span)
+            result = self._score(matrix, skip, defer, span)
             span.set_attributes({"tidegate.model.path": result.path,
                                  "tidegate.model.version": result.version})
             return result
 
-    def _score(self, matrix: np.ndarray, skip: Sequence[Path], span: trace.Span) -> ScoreResult:
+    def _score(self, matrix: np.ndarray, skip: Sequence[Path], defer: bool,
+               span: trace.Span) -> ScoreResult:
         links: tuple[tuple[Path, Scorer | None, float], ...] = (
             ("primary", self.primary, self.primary_threshold),
             ("fallback", self.fallback, self.fallback_threshold),
@@ -108,6 +115,11 @@ class ScoringChain:
             except BreakerOpenError:
                 span.add_event("breaker open", {"tidegate.model.path": path})
                 continue  # open: the next link answers without trying this one
+            except ModelUnavailableError as exc:
+                if defer and path == "primary":
+                    raise
+                log.warning("%s scorer unavailable, falling back: %s", path, exc)
+                span.record_exception(exc, {"tidegate.model.path": path})
             except ScoringError as exc:
                 log.warning("%s scorer failed, falling back: %s", path, exc)
                 span.record_exception(exc, {"tidegate.model.path": path})

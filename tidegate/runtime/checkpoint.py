@@ -23,17 +23,31 @@ import os
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NoReturn, Protocol
 
-from tidegate.kafka.reader import BatchReader
+from confluent_kafka import TopicPartition
+
 from tidegate.kafka.transactions import TransactionalOutbox
 from tidegate.outputs import Outgoing, messages
 from tidegate.retry import RetryState, retry_async, stop_before_delay, wait_exponential_jitter
 
-__all__ = ["EXIT_DELIVERY", "AtLeastOnce", "Checkpoint", "ExactlyOnce", "Send", "deliver",
-           "exit_undeliverable"]
+__all__ = ["EXIT_DELIVERY", "AtLeastOnce", "Checkpoint", "ExactlyOnce", "Offsets", "Send",
+           "deliver", "exit_undeliverable"]
 
 log = logging.getLogger(__name__)
 
 EXIT_DELIVERY = 75  # EX_TEMPFAIL: outputs could not be delivered; restart and read again
+
+
+class Offsets(Protocol):
+    """A consumer whose offsets a checkpoint commits: the input's ``BatchReader``, or the
+    retry topics' ``DelayedReader``."""
+
+    def next_offsets(self, events: Sequence[Any]) -> list[TopicPartition]: ...
+
+    def delivered(self, offsets: Sequence[TopicPartition]) -> None: ...
+
+    def commit(self, events: Sequence[Any]) -> None: ...
+
+    def group_metadata(self) -> Any: ...
 
 
 class Checkpoint(Protocol):
@@ -72,7 +86,7 @@ async def deliver(send: Send, outgoing: Sequence[Outgoing], *, deadline: float) 
 class AtLeastOnce:
     """Deliver, await the acks, then commit the input offsets (``reader`` None: Faust acks)."""
 
-    def __init__(self, send: Send, reader: BatchReader | None, *, deadline: float) -> None:
+    def __init__(self, send: Send, reader: Offsets | None, *, deadline: float) -> None:
         self.send, self.reader, self.deadline = send, reader, deadline
 
     async def commit(self, outgoing: Sequence[Outgoing], events: Sequence[Any]) -> None:
@@ -84,7 +98,7 @@ class AtLeastOnce:
 class ExactlyOnce:
     """The batch's outputs and its input offsets in one transaction."""
 
-    def __init__(self, outbox: TransactionalOutbox, reader: BatchReader) -> None:
+    def __init__(self, outbox: TransactionalOutbox, reader: Offsets) -> None:
         self.outbox, self.reader = outbox, reader
 
     async def commit(self, outgoing: Sequence[Outgoing], events: Sequence[Any]) -> None:

@@ -33,6 +33,7 @@ from tidegate.codec import Codec
 from tidegate.control import StageMode
 from tidegate.errors import BrokerError, CodecError
 from tidegate.kafka.clients import HOP_FETCH, client_config
+from tidegate.kafka.delayed import DelayedReader
 from tidegate.kafka.producer import Outbox
 from tidegate.kafka.reader import BatchReader, ReaderEvent, batch_messages, read_linger
 from tidegate.kafka.scan import read_topic
@@ -275,22 +276,49 @@ class StageRuntime:
 
         size = batch_messages(self.settings, self.topics.source)
         within, linger = self.settings.batch_within, read_linger(self.settings, self.topics.source)
+        retries = self._retry_reader(group)
+        retried: Checkpoint | None = None
+        if retries is not None:
+            retried = (ExactlyOnce(checkpoint.outbox, retries)
+                       if isinstance(checkpoint, ExactlyOnce) else
+                       AtLeastOnce(self._send, retries, deadline=self.settings.delivery_deadline))
 
         async def read() -> None:
             try:
                 while not self.app.should_stop:
-                    if self.steering and self.steering.blocked():
-                        reader.pause()  # keeps polling, so the group keeps the member
-                    else:
-                        reader.resume()
+                    blocked = self.steering is not None and self.steering.blocked()
+                    for consumer in (reader, retries):
+                        if consumer is None:
+                            continue
+                        if blocked:
+                            consumer.pause()  # keeps polling, so the group keeps the member
+                        else:
+                            consumer.resume()
                     events = await reader.next_batch(size, within, linger)
                     if events:
                         await self._process(handler, events, checkpoint)
+                    if retries is not None and retried is not None:
+                        # never waits: a record not due yet waits in Kafka, not in this loop
+                        due = await retries.next_due(size)
+                        if due:
+                            await self._process(handler, due, retried)
             finally:
                 reader.close()
+                if retries is not None:
+                    retries.close()
 
         read.__name__ = name
         self.app.task(read)
+
+    def _retry_reader(self, group: str) -> DelayedReader | None:
+        """A reader of the stage's retry topics, if it has any. They are read even with
+        ``TIDEGATE_RETRY_DELAYS`` empty, so records left there by an earlier setting still end
+        somewhere."""
+        if not self.topics.retry:
+            return None
+        return DelayedReader(client_config(self.settings, **HOP_FETCH),
+                             topics=[self.name(spec) for spec in self.topics.retry],
+                             group=f"{group.removesuffix('-input')}-retry")
 
     async def _process(self, handler: Handler, events: Sequence[Any],
                        checkpoint: Checkpoint) -> None:
