@@ -9,27 +9,16 @@ from pathlib import Path
 import pytest
 
 from tests.integration.pipeline import (
-    example_registry,
     health_events,
+    install_faulty_primary,
     produce,
     read_predictions,
     running_pipeline,
 )
 from tidegate.example.stream import example_messages
-from tidegate.models.faults import FaultyModel, register_like
-from tidegate.models.registry import ModelRegistry
-from tidegate.models.training import PRIMARY
 from tidegate.settings import Settings
 
 pytestmark = pytest.mark.chaos
-
-
-def _install_faulty_primary(settings: Settings, switch: Path) -> None:
-    example_registry(settings.registry_dir)
-    registry = ModelRegistry(settings.registry_dir)
-    current = registry.require_production(PRIMARY)
-    faulty = FaultyModel(registry.load(PRIMARY, current.version), switch=switch)
-    registry.promote(PRIMARY, register_like(registry, PRIMARY, faulty).version, reason="drill")
 
 
 def _paths_since(settings: Settings, since_ms: int) -> Counter[str]:
@@ -61,7 +50,7 @@ def test_the_breaker_opens_the_fallback_answers_and_the_primary_comes_back(
         fault: str) -> None:
     monkeypatch.setenv("TIDEGATE_BREAKER_WAIT_SECONDS", "3")
     switch = tmp_path / "model.fault"
-    _install_faulty_primary(pipeline_settings, switch)
+    install_faulty_primary(pipeline_settings, switch)
     with running_pipeline(pipeline_settings):
         _trickle(pipeline_settings, 8, seed=1)
         switch.write_text(fault)

@@ -55,6 +55,19 @@ def example_registry(root: Path) -> Path:
     return root
 
 
+def install_faulty_primary(settings: Settings, switch: Path) -> None:
+    """The example registry with a copy of the production primary whose failures the file
+    ``switch`` turns on from outside the stage processes (``tidegate.models.faults``)."""
+    from tidegate.models.faults import FaultyModel, register_like
+    from tidegate.models.training import PRIMARY
+
+    example_registry(settings.registry_dir)
+    registry = ModelRegistry(settings.registry_dir)
+    current = registry.require_production(PRIMARY)
+    faulty = FaultyModel(registry.load(PRIMARY, current.version), switch=switch)
+    registry.promote(PRIMARY, register_like(registry, PRIMARY, faulty).version, reason="drill")
+
+
 @contextmanager
 def running_pipeline(settings: Settings, *, stages: Iterable[str] = STAGE_NAMES,
                      child_env: Mapping[str, Mapping[str, str]] | None = None,

@@ -20,8 +20,8 @@ import pytest
 
 from tests.integration.pipeline import (
     cluster_config,
-    example_registry,
     expectations,
+    install_faulty_primary,
     produce,
     running_pipeline,
     wait_for_outputs,
@@ -32,23 +32,12 @@ from tidegate.codec import Codec
 from tidegate.deadletter import Code, context_of, header_value
 from tidegate.example.stream import ExampleMessage, example_messages
 from tidegate.kafka.scan import read_topic
-from tidegate.models.faults import FaultyModel, register_like
-from tidegate.models.registry import ModelRegistry
-from tidegate.models.training import PRIMARY
 from tidegate.redelivery import ATTEMPT_HEADER, Attempts, due_ms_of
 from tidegate.settings import Settings
+from tidegate.topics import DATA_STAGES
 
 pytestmark = pytest.mark.integration
 
-DATA_STAGES = ("ingest", "validation", "feature", "inference")
-
-
-def _faulty_primary(settings: Settings, switch: Path) -> None:
-    example_registry(settings.registry_dir)
-    registry = ModelRegistry(settings.registry_dir)
-    current = registry.require_production(PRIMARY)
-    faulty = FaultyModel(registry.load(PRIMARY, current.version), switch=switch)
-    registry.promote(PRIMARY, register_like(registry, PRIMARY, faulty).version, reason="drill")
 
 
 def _trickle(settings: Settings, rounds: int, *, seed: int) -> list[ExampleMessage]:
@@ -82,7 +71,7 @@ def test_a_blip_is_answered_by_the_primary_after_a_retry_without_blocking_the_in
     monkeypatch.setenv("TIDEGATE_BREAKER_MINIMUM_CALLS", "1000")
     switch = tmp_path / "model.fault"
     switch.write_text("unavailable 3")  # the first three primary calls fail, then it answers
-    _faulty_primary(pipeline_settings, switch)
+    install_faulty_primary(pipeline_settings, switch)
     with running_pipeline(pipeline_settings, stages=DATA_STAGES) as supervisor:
         wait_until_healthy(pipeline_settings, DATA_STAGES)
         sent = _trickle(pipeline_settings, 40, seed=1)
@@ -119,7 +108,7 @@ def test_attempts_spent_end_in_the_dead_letter_topic_with_every_attempt_and_repl
     monkeypatch.setenv("TIDEGATE_BREAKER_MINIMUM_CALLS", "1000")
     switch = tmp_path / "model.fault"
     switch.write_text("unavailable")  # every primary call fails transiently
-    _faulty_primary(pipeline_settings, switch)
+    install_faulty_primary(pipeline_settings, switch)
     messages = list(example_messages(600, seed=3, bad_rate=0.05, json_share=0.0,
                                      events_per_second=5000))
     with running_pipeline(pipeline_settings, stages=DATA_STAGES) as supervisor:
@@ -168,7 +157,7 @@ def test_kill_9_while_records_wait_in_a_retry_topic_loses_and_repeats_nothing(
     monkeypatch.setenv("TIDEGATE_BREAKER_MINIMUM_CALLS", "1000")
     switch = tmp_path / "model.fault"
     switch.write_text("unavailable 2")
-    _faulty_primary(pipeline_settings, switch)
+    install_faulty_primary(pipeline_settings, switch)
     with running_pipeline(pipeline_settings, stages=DATA_STAGES) as supervisor, \
             ThreadPoolExecutor(1) as pool:
         wait_until_healthy(pipeline_settings, DATA_STAGES)

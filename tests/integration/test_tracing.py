@@ -28,10 +28,10 @@ from tests.integration.pipeline import (
 )
 from tidegate.example.stream import example_messages
 from tidegate.settings import Settings
+from tidegate.topics import DATA_STAGES
 
 pytestmark = pytest.mark.integration
 
-DATA_STAGES = ("ingest", "validation", "feature", "inference")
 EVENTS = 300
 
 

@@ -26,10 +26,10 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from tidegate.kafka.clients import CONSUMER_DEFAULTS
-from tidegate.kafka.reader import ReaderEvent
+from tidegate.kafka.reader import PendingCommits, ReaderEvent
 from tidegate.redelivery import due_ms_of
 from tidegate.settings import ClientConfig
 
@@ -59,9 +59,7 @@ class DelayedReader:
         self._owned: set[Key] = set()
         self._waiting: dict[Key, float] = {}  # paused until this time (s since the epoch)
         self._paused = False  # by the stage (a command, backpressure): nothing is handed out
-        self._uncommitted: dict[Key, int] = {}
-        self._commit_interval = commit_interval
-        self._next_commit = 0.0
+        self._pending = PendingCommits(self._consumer, interval=commit_interval)
         self._consumer.subscribe(list(self.topics), on_assign=self._assigned,
                                  on_revoke=self._revoked, on_lost=self._lost)
 
@@ -72,11 +70,7 @@ class DelayedReader:
             consumer.pause(partitions)
 
     def _revoked(self, consumer: Any, partitions: list[TopicPartition]) -> None:
-        gone = {(tp.topic, tp.partition) for tp in partitions}
-        handover = [TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()
-                    if (t, p) in gone]
-        if handover:
-            self._commit_now(handover)
+        self._pending.hand_over(partitions)
         self._lost(consumer, partitions)
 
     def _lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -84,7 +78,7 @@ class DelayedReader:
             key = (tp.topic, tp.partition)
             self._owned.discard(key)
             self._waiting.pop(key, None)
-            self._uncommitted.pop(key, None)
+        self._pending.forget(partitions)
 
     async def next_due(self, size: int) -> list[ReaderEvent]:
         """Up to ``size`` records that are due now, in order per partition; never waits."""
@@ -96,7 +90,7 @@ class DelayedReader:
         self._wake(now)
         messages = self._consumer.consume(size, 0)
         if not messages:
-            self._commit_due()
+            self._pending.due()
         due: list[ReaderEvent] = []
         held: set[Key] = set()
         for message in messages:
@@ -149,21 +143,8 @@ class DelayedReader:
         """Commit past every record of a delivered batch (at most every ``commit_interval``)."""
         offsets = [tp for tp in self.next_offsets(events) if (tp.topic, tp.partition)
                    in self._owned]
-        self._uncommitted.update(((tp.topic, tp.partition), tp.offset) for tp in offsets)
-        self._commit_due()
-
-    def _commit_due(self) -> None:
-        if self._uncommitted and time.monotonic() >= self._next_commit:
-            offsets = [TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()]
-            self._uncommitted.clear()
-            self._next_commit = time.monotonic() + self._commit_interval
-            self._consumer.commit(offsets=offsets, asynchronous=True)
-
-    def _commit_now(self, offsets: list[TopicPartition]) -> None:
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:  # the next owner repeats these records: at-least-once
-            log.warning("could not commit retry offsets before handing them over: %s", exc)
+        self._pending.add(offsets)
+        self._pending.due()
 
     def group_metadata(self) -> Any:
         """The consumer group's metadata, for committing offsets inside a transaction."""
@@ -187,7 +168,5 @@ class DelayedReader:
                 self._consumer.resume(ready)
 
     def close(self) -> Any:
-        if self._uncommitted:
-            self._commit_now([TopicPartition(t, p, o) for (t, p), o in self._uncommitted.items()])
-            self._uncommitted.clear()
+        self._pending.flush()
         return self._consumer.close()

@@ -29,7 +29,8 @@ from tidegate.settings import ClientConfig, Settings
 from tidegate.topics import TopicSpec
 
 __all__ = [
-    "QUEUED_MIN_MESSAGES", "BatchReader", "ReaderEvent", "batch_messages", "read_linger",
+    "QUEUED_MIN_MESSAGES", "BatchReader", "PendingCommits", "ReaderEvent", "batch_messages",
+    "read_linger",
 ]
 
 log = logging.getLogger(__name__)
@@ -98,6 +99,56 @@ Partitions = Callable[[list[int]], None]
 QUEUED_MIN_MESSAGES = 10_000  # librdkafka's default, 100,000, costs about 60 MiB more
 
 
+class PendingCommits:
+    """Offsets a reader delivered and has not committed yet, by (topic, partition).
+
+    Committed asynchronously at most every ``interval`` seconds (``due``); synchronously for
+    partitions handed to another member (``hand_over``) and when the consumer closes
+    (``flush``), so the next owner starts where this one got to. Both readers of a stage, the
+    input's and the retry topics', keep their offsets here.
+    """
+
+    def __init__(self, consumer: Any, *, interval: float) -> None:
+        self._consumer = consumer
+        self._interval = interval
+        self._offsets: dict[tuple[str, int], int] = {}
+        self._next = 0.0
+
+    def add(self, offsets: Sequence[TopicPartition]) -> None:
+        self._offsets.update(((tp.topic, tp.partition), tp.offset) for tp in offsets)
+
+    def due(self) -> None:
+        if self._offsets and time.monotonic() >= self._next:
+            self._next = time.monotonic() + self._interval
+            self._consumer.commit(offsets=self._take(None), asynchronous=True)
+
+    def hand_over(self, partitions: Sequence[TopicPartition]) -> None:
+        """Commit now what was delivered from ``partitions``, which are leaving this member."""
+        handover = self._take({(tp.topic, tp.partition) for tp in partitions})
+        if handover:
+            self._commit_now(handover)
+
+    def forget(self, partitions: Sequence[TopicPartition]) -> None:
+        """Drop the offsets of ``partitions`` (lost: another member may own them already)."""
+        self._take({(tp.topic, tp.partition) for tp in partitions})
+
+    def flush(self) -> None:
+        if self._offsets:
+            self._commit_now(self._take(None))
+
+    def _take(self, keys: set[tuple[str, int]] | None) -> list[TopicPartition]:
+        picked = [key for key in self._offsets if keys is None or key in keys]
+        return [TopicPartition(t, p, self._offsets.pop((t, p))) for t, p in picked]
+
+    def _commit_now(self, offsets: list[TopicPartition]) -> None:
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:  # the next owner repeats these records: at-least-once
+            topics = sorted({tp.topic for tp in offsets})
+            log.warning("could not commit %s before handing it over: %s", ", ".join(topics),
+                        exc)
+
+
 class BatchReader:
     """A librdkafka consumer in its own group that yields micro-batches of events.
 
@@ -134,9 +185,7 @@ class BatchReader:
         # (``assignment()``) is a round trip to its group thread, once per batch
         self._owned: set[int] = set()
         self._paused = False
-        self._uncommitted: dict[int, int] = {}  # partition -> next offset, delivered
-        self._commit_interval = commit_interval
-        self._next_commit = 0.0
+        self._pending = PendingCommits(self._consumer, interval=commit_interval)
         self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked,
                                  on_lost=self._lost)
 
@@ -154,11 +203,7 @@ class BatchReader:
             self._held.update(tp.partition for tp in held)
 
     def _revoked(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
-        gone = {tp.partition for tp in partitions}
-        handover = [TopicPartition(self.topic, p, o) for p, o in self._uncommitted.items()
-                    if p in gone]
-        if handover:  # the next owner starts where this one got to
-            self._commit_now(handover)
+        self._pending.hand_over(partitions)  # the next owner starts where this one got to
         self._lost(_consumer, partitions)
 
     def _lost(self, _consumer: Any, partitions: list[TopicPartition]) -> None:
@@ -166,7 +211,7 @@ class BatchReader:
             self._owned.discard(tp.partition)
             self._held.discard(tp.partition)
             self._positions.pop(tp.partition, None)
-            self._uncommitted.pop(tp.partition, None)
+        self._pending.forget(partitions)
         if self._on_revoke is not None and partitions:
             self._on_revoke([tp.partition for tp in partitions])
 
@@ -185,7 +230,7 @@ class BatchReader:
         if self._held:  # fetched before the pause: a held partition's records wait in Kafka
             messages = [m for m in messages if m.partition() not in self._held]
         if not messages:
-            self._commit_due()  # idle: what was delivered gets committed all the same
+            self._pending.due()  # idle: what was delivered gets committed all the same
         events = []
         for message in messages:
             error = message.error()
@@ -228,21 +273,8 @@ class BatchReader:
             # committing its offset could move that reader's position backwards
             offsets = [tp for tp in offsets if tp.partition in self._owned]
             self.delivered(offsets)
-            self._uncommitted.update((tp.partition, tp.offset) for tp in offsets)
-        self._commit_due()
-
-    def _commit_due(self) -> None:
-        if self._uncommitted and time.monotonic() >= self._next_commit:
-            offsets = [TopicPartition(self.topic, p, o) for p, o in self._uncommitted.items()]
-            self._uncommitted.clear()
-            self._next_commit = time.monotonic() + self._commit_interval
-            self._consumer.commit(offsets=offsets, asynchronous=True)
-
-    def _commit_now(self, offsets: list[TopicPartition]) -> None:
-        try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
-        except KafkaException as exc:  # the next owner repeats these events: at-least-once
-            log.warning("could not commit %s before handing it over: %s", self.topic, exc)
+            self._pending.add(offsets)
+        self._pending.due()
 
     def group_metadata(self) -> Any:
         """The consumer group's metadata, for committing offsets inside a transaction."""
@@ -274,8 +306,5 @@ class BatchReader:
         return total
 
     def close(self) -> Any:
-        if self._uncommitted:
-            self._commit_now([TopicPartition(self.topic, p, o)
-                              for p, o in self._uncommitted.items()])
-            self._uncommitted.clear()
+        self._pending.flush()
         return self._consumer.close()
