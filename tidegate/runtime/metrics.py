@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import bisect
 import os
-import random
 import socket
 import time
 from collections import Counter
@@ -22,6 +21,7 @@ import numpy as np
 __all__ = ["BATCH_SECONDS_BUCKETS", "BATCH_SECONDS_PREFIX", "StageMetrics", "instance_name"]
 
 _LATENCY_SAMPLES = 4096
+_RANDOM = np.random.default_rng()
 # Upper bounds of the batch-duration histogram (handler plus delivery, seconds); a health event
 # carries the interval's count per bucket as ``batch_seconds.le.<bound>`` (``+Inf`` last) and the
 # interval's total as ``batch_seconds.sum``: monitoring adds them up into a Prometheus histogram.
@@ -62,7 +62,8 @@ class StageMetrics:
         self.counters: Counter[str] = Counter()
         self._timing = [0.0, 0.0]
         self._batch_buckets = [0] * len(_BUCKET_NAMES)
-        self._latencies: list[float] = []
+        self._latencies = np.empty(_LATENCY_SAMPLES)  # the first ``_filled`` entries hold
+        self._filled = 0
         self._sampled = 0
 
     def record_batch(self, *, records_in: int, records_out: int,
@@ -71,16 +72,21 @@ class StageMetrics:
         self.records_out += records_out
         self.totals["in"] += records_in
         self.totals["out"] += records_out
-        # Reservoir sampling: a uniform sample of the whole interval, in bounded memory.
-        sample, randrange = self._latencies, random.randrange
-        for value in latencies_ms:
-            self._sampled += 1
-            if len(sample) < _LATENCY_SAMPLES:
-                sample.append(value)
-            else:
-                slot = randrange(self._sampled)
-                if slot < _LATENCY_SAMPLES:
-                    sample[slot] = value
+        # Reservoir sampling: a uniform sample of the whole interval, in bounded memory, a
+        # batch at a time (one draw per value, as in the one-by-one algorithm).
+        values = np.fromiter(latencies_ms, dtype=np.float64)
+        room = min(_LATENCY_SAMPLES - self._filled, len(values))
+        if room > 0:
+            self._latencies[self._filled:self._filled + room] = values[:room]
+            self._filled += room
+            self._sampled += room
+            values = values[room:]
+        if len(values):
+            seen = self._sampled + 1 + np.arange(len(values))
+            slots = (_RANDOM.random(len(values)) * seen).astype(np.int64)
+            kept = slots < _LATENCY_SAMPLES
+            self._latencies[slots[kept]] = values[kept]  # a later value wins a shared slot
+            self._sampled += len(values)
 
     def record_dead_letters(self, codes: Iterable[str]) -> None:
         for code in codes:
@@ -108,7 +114,8 @@ class StageMetrics:
         """The health event for the interval since the last snapshot; starts a new interval."""
         now = time.monotonic()
         p50, p95, p99 = (
-            np.percentile(self._latencies, [50, 95, 99]).tolist() if self._latencies
+            np.percentile(self._latencies[:self._filled], [50, 95, 99]).tolist()
+            if self._filled
             else [0.0, 0.0, 0.0]
         )
         batches = self.counters["batches"]
