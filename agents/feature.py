@@ -11,7 +11,7 @@ import faust
 from tidegate.batches import Batch, unpack_messages
 from tidegate.kafka.clients import client_config
 from tidegate.outputs import Outgoing, Outputs, forward
-from tidegate.pipeline.feature import AccountState, compute_features, decode_state, encode_state
+from tidegate.pipeline.feature import AccountState, decode_state, encode_state, features_of_fields
 from tidegate.runtime.stage import StageRuntime
 from tidegate.runtime.state import ChangelogStore, StateWrite
 from tidegate.settings import Settings
@@ -38,17 +38,18 @@ def build(settings: Settings) -> StageRuntime:
     async def featurize_events(events: Sequence[Any]) -> Outputs:
         batches, dead = unpack_messages(runtime.codec, events, stage=STAGE)
         batch = Batch.concat(batches)
-        records = batch.records()
+        fields = batch.by_field()
         degraded = steering.mode.degraded_to == "imputed"
         states: dict[str, AccountState | None] = {}
         partitions: dict[str, int] = {}
         if not degraded:  # degraded: no state store calls at all, imputed values instead
-            for partition, record in zip(batch.partitions.tolist(), records, strict=True):
-                account = record["account_id"]
+            owners = fields.get("account_id") or [None] * len(batch)
+            for partition, account in zip(batch.partitions.tolist(), owners, strict=True):
                 if account not in states:
                     partitions[account] = partition
                     states[account] = _stored(accounts, partition, account)
-        features, updated = compute_features(records, states, now_ms=int(time.time() * 1000))
+        features, updated = features_of_fields(fields, len(batch), states,
+                                               now_ms=int(time.time() * 1000))
         writes: list[Outgoing] = []
         if degraded:
             features.quality[:] = [f"{q},degraded" if q != "ok" else "degraded"

@@ -7,7 +7,7 @@ import time
 from collections.abc import Sequence
 from typing import Any
 
-from tidegate.batches import Batch, partition_for
+from tidegate.batches import Batch
 from tidegate.deadletter import source_record
 from tidegate.outputs import Outgoing, Outputs, forward, prediction_messages
 from tidegate.pipeline.inference import shed_predictions
@@ -34,11 +34,8 @@ def build(settings: Settings) -> StageRuntime:
     async def ingest_events(events: Sequence[Any]) -> Outputs:
         now_ms = int(time.time() * 1000)
         records = [source_record(event) for event in events]
-        accepted, dead = ingest_batch(records, codec=runtime.codec, dedupe=dedupe,
-                                      now_ms=now_ms, limits=limits)
-        batch = Batch.from_envelopes(
-            [envelope for _, envelope in accepted],
-            partitions=[partition_for(route, sink.partitions) for route, _ in accepted])
+        batch, dead = ingest_batch(records, codec=runtime.codec, dedupe=dedupe, now_ms=now_ms,
+                                   limits=limits, partitions=sink.partitions)
         traceparents = batch.traceparents  # before shedding: shed events were handled too
         shed: list[Outgoing] = []
         if steering.mode.shed_share > 0:
@@ -47,7 +44,7 @@ def build(settings: Settings) -> StageRuntime:
                                        encode=encode_prediction, topic=predictions_topic)
             runtime.metrics.count("predictions.shed", len(shed))
         return Outputs(forward(runtime.codec, batch, topic=sink_name, stage=STAGE) + shed,
-                       dead=dead, records_in=len(records), records_out=len(accepted),
+                       dead=dead, records_in=len(records), records_out=len(batch),
                        latencies_ms=[now_ms - r.timestamp for r in records if r.timestamp],
                        traceparents=traceparents)
 

@@ -36,7 +36,7 @@ def build(settings: Settings) -> StageRuntime:
     async def validate_events(events: Sequence[Any]) -> Outputs:
         batches, dead = unpack_messages(runtime.codec, events, stage=STAGE)
         batch = Batch.concat(batches)
-        result = rules.check(batch.records())
+        result = rules.check_fields(batch.by_field(), len(batch))
         for index in result.failed():
             violations = result.for_record(index)
             dead.append(DeadLetter.of(

@@ -1,10 +1,13 @@
 """Internal micro-batches: many events per message on the internal topics, stored by column.
 
 Public topics carry one record per message; between stages a message carries a whole
-micro-batch (tidegate.internal.EventColumns), so per-message costs are paid once per batch.
+micro-batch (tidegate.internal.EventPack), so per-message costs are paid once per batch.
 The batch is columnar: a stage decodes a few arrays per message instead of one record per event,
-filters with index lists, and the feature matrix travels as one block of float64s. The original
-record (key, value bytes, headers, input position) rides along untouched, for dead letters.
+filters with index lists, and the feature matrix travels as one block of float64s. The events'
+decoded fields travel as columns too (``Batch.fields``: field name to one value per event), so
+validation and the features read a field of the whole batch without building a record per
+event. The original record (key, value bytes, headers, input position) rides along untouched,
+for dead letters.
 
 Example::
 
@@ -22,7 +25,8 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, fields, replace
-from typing import Any
+from operator import itemgetter
+from typing import Any, cast
 
 import msgspec
 import numpy as np
@@ -41,7 +45,9 @@ __all__ = [
     "PACK_SCHEMA",
     "BadBatchError",
     "Batch",
+    "Fields",
     "event_letters",
+    "field_columns",
     "pack",
     "partition_for",
     "unpack",
@@ -53,7 +59,12 @@ BATCH_SCHEMA = "tidegate.internal.EventColumns"  # one Avro array per column; st
 LEGACY_BATCH_SCHEMA = "tidegate.internal.EventBatch"  # one record per event; still read
 MAX_BATCH_EVENTS = 2000
 MAX_BATCH_BYTES = 512 * 1024  # the broker refuses messages over 1 MiB by default
+_MESSAGE_LIMIT = 900 * 1024  # an encoded chunk over this is split in two, whatever the estimate
 _ENVELOPE_OVERHEAD = 200  # ids, trace context, timestamps, source position, headers
+
+# The events' decoded fields by name, one entry per event (None where an event lacks the field);
+# an empty map when the batch does not carry them (after the feature stage).
+Fields = dict[str, list[Any]]
 
 class _PackedColumns(msgspec.Struct, forbid_unknown_fields=False):
     """The MessagePack map of an EventPack, typed: a column of the wrong type is refused."""
@@ -64,7 +75,6 @@ class _PackedColumns(msgspec.Struct, forbid_unknown_fields=False):
     account_ids: list[str]
     event_times: bytes
     ingested_at: bytes
-    fields: list[bytes]
     source_topics: list[str]
     source_partitions: bytes
     source_offsets: bytes
@@ -73,6 +83,8 @@ class _PackedColumns(msgspec.Struct, forbid_unknown_fields=False):
     values: list[bytes]
     headers: list[list[dict[str, Any]]]  # {"key": str, "value": bytes or None}
     feature_quality: list[str]
+    field_columns: dict[str, list[Any]] = {}
+    fields: list[bytes] = []  # one MessagePack map per event: written by a version before
 
 
 _encode_columns = msgspec.msgpack.Encoder().encode
@@ -108,10 +120,10 @@ def _ints(values: Any) -> Ints:
 class Batch:
     """Columns of a micro-batch: entry ``i`` of every column belongs to event ``i``.
 
-    ``fields`` (before features) and ``feature_quality`` (after) may be empty lists when a stage
-    does not carry them; ``features`` has shape (events, width), width 0 before the feature
-    stage. ``partitions`` is not sent: it is the internal partition each event was read from,
-    or the one it is routed to.
+    ``fields`` (before features; see ``Fields``) and ``feature_quality`` (after) may be empty
+    when a stage does not carry them; ``features`` has shape (events, width), width 0 before
+    the feature stage. ``partitions`` is not sent: it is the internal partition each event was
+    read from, or the one it is routed to.
     """
 
     event_ids: list[str]
@@ -120,7 +132,7 @@ class Batch:
     account_ids: list[str]
     event_times: Ints
     ingested_at: Ints
-    fields: list[bytes]
+    fields: Fields
     source_topics: list[str]
     source_partitions: Ints
     source_offsets: Ints
@@ -138,7 +150,8 @@ class Batch:
     @classmethod
     def from_envelopes(cls, envelopes: Sequence[Mapping[str, Any]],
                        partitions: Sequence[int] | Ints | None = None) -> Batch:
-        """A batch of per-event envelope dicts (the fields of the legacy EventBatch record)."""
+        """A batch of per-event envelope dicts (the fields of the legacy EventBatch record; its
+        ``fields`` are the event's fields as a map, or encoded as MessagePack or JSON)."""
         n = len(envelopes)
         vectors = [env.get("feature_vector", b"") for env in envelopes]
         widths = {len(vector) for vector in vectors}
@@ -154,7 +167,7 @@ class Batch:
             account_ids=[env.get("account_id", "") or "" for env in envelopes],
             event_times=_ints([env["event_time"] for env in envelopes]),
             ingested_at=_ints([env["ingested_at"] for env in envelopes]),
-            fields=[env["fields"] for env in envelopes],
+            fields=field_columns(_field_maps([env["fields"] for env in envelopes])),
             source_topics=[env["source_topic"] for env in envelopes],
             source_partitions=_ints([env["source_partition"] for env in envelopes]),
             source_offsets=_ints([env["source_offset"] for env in envelopes]),
@@ -186,6 +199,8 @@ class Batch:
                 raise BadBatchError(f"batches with different feature widths: {widths}")
             if isinstance(parts[0], np.ndarray):
                 columns[column] = np.concatenate(parts)
+            elif column == "fields":
+                columns[column] = _joined_fields(parts, [len(batch) for batch in batches])
             elif column in _OPTIONAL:
                 columns[column] = _joined(parts, [len(batch) for batch in batches])
             else:
@@ -204,10 +219,13 @@ class Batch:
             value = getattr(self, column)
             if isinstance(value, np.ndarray):
                 columns[column] = value[index]
+            elif column == "fields":
+                columns[column] = {name: list(map(values.__getitem__, picked))
+                                   for name, values in value.items()}
             elif column in _OPTIONAL and not value:
                 columns[column] = []
             else:
-                columns[column] = [value[i] for i in picked]
+                columns[column] = list(map(value.__getitem__, picked))
         return Batch(**columns)
 
     def source(self, index: int) -> SourceRecord:
@@ -220,23 +238,19 @@ class Batch:
             headers=[(h["key"], h["value"]) for h in self.headers[index]],
         )
 
+    def by_field(self) -> Fields:
+        """The events' fields by name; a batch that no longer carries them (after the feature
+        stage) raises BadBatchError."""
+        if not self.fields and len(self):
+            raise BadBatchError("this batch no longer carries the event fields")
+        return self.fields
+
     def records(self) -> list[dict[str, Any]]:
-        """Every event's decoded fields, parsed in one call (MessagePack maps; JSON objects
-        from a version before, one by one)."""
-        if not self.fields:
-            if len(self):
-                raise BadBatchError("this batch no longer carries the event fields")
-            return []
-        try:
-            if not any(field[:1] == b"{" for field in self.fields):
-                # n maps one after another are an array of n maps once an array header leads
-                array = b"\xdd" + len(self.fields).to_bytes(4, "big") + b"".join(self.fields)
-                parsed: list[dict[str, Any]] = _decode_fields(array)
-                return parsed
-            return [json.loads(field) if field[:1] == b"{" else _decode_field(field)
-                    for field in self.fields]
-        except (ValueError, msgspec.DecodeError) as exc:
-            raise BadBatchError(f"unreadable event fields: {exc}") from exc
+        """Every event's fields as a map (a field the event lacks is None): for code that
+        wants records; the stages read ``fields`` by column."""
+        fields = self.by_field()
+        return [dict(zip(fields, row, strict=True))
+                for row in zip(*fields.values(), strict=True)] if fields else []
 
     def ages_ms(self) -> list[float]:
         """Milliseconds since each event was ingested: the latency so far."""
@@ -246,7 +260,7 @@ class Batch:
     def with_features(self, matrix: Floats, quality: Sequence[str]) -> Batch:
         """The same events carrying features instead of fields (later stages need no fields)."""
         return replace(self, features=np.ascontiguousarray(matrix, dtype=np.float64),
-                       feature_quality=list(quality), fields=[])
+                       feature_quality=list(quality), fields={})
 
 
 _COLUMNS = tuple(f.name for f in fields(Batch))
@@ -266,34 +280,103 @@ def _joined(parts: list[list[Any]], sizes: list[int]) -> list[Any]:
     return [item for part in parts for item in part]
 
 
+def _joined_fields(parts: list[Fields], sizes: list[int]) -> Fields:
+    """The fields of several batches: a field one batch lacks is None for its events; missing
+    from one batch altogether, the fields are missing from the whole."""
+    if any(not part and size for part, size in zip(parts, sizes, strict=True)):
+        return {}
+    names = list(dict.fromkeys(name for part in parts for name in part))
+    joined: Fields = {}
+    for name in names:
+        column: list[Any] = []
+        for part, size in zip(parts, sizes, strict=True):
+            column.extend(part.get(name) or [None] * size)
+        joined[name] = column
+    return joined
+
+
+def field_columns(records: Sequence[Mapping[str, Any]]) -> Fields:
+    """The fields of ``records`` by name (None where a record lacks one), in one pass when every
+    record has the same fields in the same order, as records of one Avro schema do."""
+    if not records:
+        return {}
+    first = records[0]
+    names = tuple(first)
+    if all(len(record) == len(names) for record in records):
+        try:
+            if len(names) == 1:
+                return {names[0]: [record[names[0]] for record in records]}
+            if names:
+                rows = list(map(itemgetter(*names), records))
+                return {name: list(column)
+                        for name, column in zip(names, zip(*rows, strict=True), strict=True)}
+        except KeyError:  # the same number of fields, not the same fields
+            pass
+    every = list(dict.fromkeys(name for record in records for name in record))
+    return {name: [record.get(name) for record in records] for name in every}
+
+
+def _field_maps(encoded: Sequence[bytes | Mapping[str, Any]]
+                ) -> Sequence[Mapping[str, Any]]:
+    """Per-event fields as written by a version before: MessagePack maps, or JSON objects from
+    the version before that (or maps already)."""
+    try:
+        if all(isinstance(field, bytes) and field[:1] != b"{" for field in encoded):
+            # n maps one after another are an array of n maps once an array header leads
+            array = b"\xdd" + len(encoded).to_bytes(4, "big") + b"".join(
+                cast(Sequence[bytes], encoded))
+            parsed: list[dict[str, Any]] = _decode_fields(array)
+            return parsed
+        return [field if not isinstance(field, bytes) else json.loads(field)
+                if field[:1] == b"{" else _decode_field(field) for field in encoded]
+    except (ValueError, msgspec.DecodeError) as exc:
+        raise BadBatchError(f"unreadable event fields: {exc}") from exc
+
+
 def pack(codec: Codec, batch: Batch, *, stage: str) -> Iterator[tuple[int, bytes]]:
-    """One encoded EventColumns message per (partition, chunk) of ``batch``."""
+    """One encoded EventPack message per (partition, chunk) of ``batch``."""
     if not len(batch):
         return
     now = int(time.time() * 1000)
     for partition in np.unique(batch.partitions).tolist():
         part = batch.take(np.flatnonzero(batch.partitions == partition))
         for start, stop in _chunks(part):
-            yield int(partition), codec.encode(PACK_SCHEMA,
-                                               _packed(part, start, stop, stage=stage, now=now))
+            for message in _encoded(codec, part, start, stop, stage=stage, now=now):
+                yield int(partition), message
 
 
 def _chunks(batch: Batch) -> Iterator[tuple[int, int]]:
-    """Slices that stay well under the broker's 1 MiB message limit, whatever the event size."""
+    """Slices that stay well under the broker's 1 MiB message limit, whatever the event size.
+
+    The estimate counts the value twice (the original bytes and the fields decoded from it);
+    ``_encoded`` splits a chunk the estimate got wrong.
+    """
     fixed = _ENVELOPE_OVERHEAD + 8 * batch.features.shape[1]
-    fields = batch.fields or [b""] * len(batch)
-    start, size = 0, 0
-    for index, (value, field, key, headers) in enumerate(
-            zip(batch.values, fields, batch.keys, batch.headers, strict=True)):
-        estimate = fixed + len(value) + len(field) + len(key or b"")
+    sizes = (np.fromiter(map(len, batch.values), dtype=np.int64, count=len(batch))
+             * (2 if batch.fields else 1) + fixed)
+    sizes += np.fromiter((len(key) if key else 0 for key in batch.keys), dtype=np.int64,
+                         count=len(batch))
+    for index, headers in enumerate(batch.headers):
         for header in headers:
-            estimate += 8 + len(header["key"]) + len(header["value"] or b"")
-        full = size + estimate > MAX_BATCH_BYTES or index - start >= MAX_BATCH_EVENTS
-        if index > start and full:
-            yield start, index
-            start, size = index, 0
-        size += estimate
-    yield start, len(batch)
+            sizes[index] += 8 + len(header["key"]) + len(header["value"] or b"")
+    start = 0
+    while start < len(batch):
+        ends = np.cumsum(sizes[start:start + MAX_BATCH_EVENTS])
+        stop = start + max(1, int(np.searchsorted(ends, MAX_BATCH_BYTES, side="right")))
+        yield start, stop
+        start = stop
+
+
+def _encoded(codec: Codec, batch: Batch, start: int, stop: int, *, stage: str,
+             now: int) -> Iterator[bytes]:
+    """The EventPack of events ``start`` to ``stop``, in two halves (and so on) if too large."""
+    message = codec.encode(PACK_SCHEMA, _packed(batch, start, stop, stage=stage, now=now))
+    if len(message) <= _MESSAGE_LIMIT or stop - start == 1:
+        yield message
+        return
+    middle = (start + stop) // 2
+    yield from _encoded(codec, batch, start, middle, stage=stage, now=now)
+    yield from _encoded(codec, batch, middle, stop, stage=stage, now=now)
 
 
 def _packed(batch: Batch, start: int, stop: int, *, stage: str, now: int) -> dict[str, Any]:
@@ -303,7 +386,10 @@ def _packed(batch: Batch, start: int, stop: int, *, stage: str, now: int) -> dic
         value = getattr(batch, column)
         if column == "features":
             continue
-        if column in _INTS:
+        if column == "fields":
+            columns["field_columns"] = {name: values[start:stop]
+                                        for name, values in value.items()}
+        elif column in _INTS:
             columns[column] = value[start:stop].astype(_INTS[column], copy=False).tobytes()
         else:
             columns[column] = value[start:stop]
@@ -326,6 +412,11 @@ def unpack(codec: Codec, value: bytes, *, partition: int = 0) -> Batch:
         if "columns" in record:
             packed = _decode_columns(record["columns"])
             record = {**record, **msgspec.structs.asdict(packed)}
+            columns = record.pop("field_columns")
+            if columns or not record["fields"]:
+                record["fields"] = columns
+        if isinstance(record["fields"], list):  # one encoded map per event: a version before
+            record["fields"] = field_columns(_field_maps(record["fields"]))
         return _columns(record, partition)
     except (KeyError, ValueError, TypeError, msgspec.DecodeError) as exc:
         raise BadBatchError(f"unreadable internal batch: {exc}") from exc
@@ -341,7 +432,11 @@ def _columns(record: Record, partition: int) -> Batch:
             value = np.frombuffer(value, dtype="<f8").reshape(n, width)
         elif column in _INTS:
             value = np.frombuffer(value, dtype=_INTS[column]).astype(np.int64)
-        if len(value) != n and not (column in _OPTIONAL and len(value) == 0):
+        if column == "fields":
+            for name, values in value.items():
+                if len(values) != n:
+                    raise BadBatchError(f"field {name} has {len(values)} entries for {n} events")
+        elif len(value) != n and not (column in _OPTIONAL and len(value) == 0):
             raise BadBatchError(f"column {column} has {len(value)} entries for {n} events")
         columns[column] = value
     return Batch(**columns, partitions=np.full(n, partition, dtype=np.int64))

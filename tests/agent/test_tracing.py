@@ -19,7 +19,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from tests.agent.conftest import PREFIX, MakeSettings
 from tests.agent.test_stages import Put, as_puts, drive, events
 from tidegate.agents import validation
-from tidegate.batches import Batch, pack
+from tidegate.batches import pack
 from tidegate.codec import Codec
 from tidegate.deadletter import SourceRecord
 from tidegate.pipeline.ingest import Dedupe, ingest_batch
@@ -34,9 +34,8 @@ def one_message(records: Sequence[dict[str, object]]) -> tuple[Put, list[str]]:
     sources = [SourceRecord(topic=PREFIX + "events", partition=0, offset=i, timestamp=now,
                             key=None, value=codec.encode("tidegate.example.CardTransaction", r),
                             headers=[]) for i, r in enumerate(records)]
-    accepted, dead = ingest_batch(sources, codec=codec, dedupe=Dedupe(), now_ms=now)
+    batch, dead = ingest_batch(sources, codec=codec, dedupe=Dedupe(), now_ms=now, partitions=1)
     assert dead == []
-    batch = Batch.from_envelopes([env for _, env in accepted], partitions=[0] * len(accepted))
     [(partition, value)] = list(pack(codec, batch, stage="ingest"))
     return Put(value, partition), list(batch.traceparents)
 
@@ -92,7 +91,7 @@ def test_links_stop_at_the_cap_and_the_rest_are_counted(
 
 
 class _ExplodingRules:
-    def check(self, records: Sequence[Any]) -> Any:
+    def check_fields(self, fields: Any, size: int) -> Any:
         raise RuntimeError("rule engine bug")
 
 

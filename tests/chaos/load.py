@@ -23,12 +23,10 @@ from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import TypeVar, cast
-
-import msgspec
+from typing import TypeVar
 
 from tests.integration.pipeline import produce
-from tidegate.batches import MAX_BATCH_BYTES, Batch, pack, unpack
+from tidegate.batches import MAX_BATCH_BYTES, pack, unpack
 from tidegate.cli.supervisor import Supervisor
 from tidegate.codec import Codec
 from tidegate.deadletter import SourceRecord
@@ -242,8 +240,8 @@ def produce_paced(settings: Settings, messages: Iterable[ExampleMessage], *,
 class Footprints:
     """Python heap bytes of what a stage holds, measured with the stages' own code."""
 
-    ingest_batch_bytes: float  # one ingest batch: records, decoded fields, envelopes, packed
-    expansion: float  # heap bytes per byte of internal batch: envelopes + decoded fields
+    ingest_batch_bytes: float  # one ingest batch: records, decoded fields, columns, packed
+    expansion: float  # heap bytes per byte of internal batch: unpacked columns + field columns
     dedupe_id_bytes: float  # one event id in ingest's de-duplication window
     account_state_bytes: float  # one account's full rolling state in the feature stage
     prediction_bytes: float  # one unlabelled prediction waiting in monitoring's label join
@@ -268,12 +266,12 @@ def measure_footprints(sample: list[ExampleMessage], batch_size: int) -> Footpri
         records = [SourceRecord(topic="events", partition=0, offset=i, timestamp=now_ms,
                                 key=m.key, value=m.value, headers=[])
                    for i, m in enumerate(sample[:batch_size])]
-        accepted, _ = ingest_batch(records, codec=codec, dedupe=Dedupe(), now_ms=now_ms)
-        batch = Batch.from_envelopes([env for _, env in accepted])
+        batch, _ = ingest_batch(records, codec=codec, dedupe=Dedupe(), now_ms=now_ms)
         packed = list(pack(codec, batch, stage="ingest"))
         ingest_peak = tracemalloc.get_traced_memory()[1] - base
         raw = sum(len(value) for _, value in packed)
-        decoded, heap = _heap(lambda: [(part, part.records()) for part in
+        # as the stages read a batch: unpacked, the fields by column (no record per event)
+        decoded, heap = _heap(lambda: [(part, part.by_field()) for part in
                                        (unpack(codec, value) for _, value in packed)])
         del decoded
         dedupe = Dedupe()
@@ -285,8 +283,7 @@ def measure_footprints(sample: list[ExampleMessage], batch_size: int) -> Footpri
 
         _, dedupe_heap = _heap(remember)
         first: dict[object, dict[str, object]] = {}
-        for _, env in accepted:
-            record = msgspec.msgpack.decode(cast(bytes, env["fields"]))
+        for record in batch.records():
             first.setdefault(record["account_id"], record)
         chosen = list(first.values())[:50]
         # every account's ring filled: more events inside the window than the ring keeps

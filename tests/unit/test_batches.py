@@ -1,4 +1,5 @@
-"""Internal micro-batches: columns, packing and chunking, the legacy format, Kafka's partitioner."""
+"""Internal micro-batches: columns, packing and chunking, the legacy formats, Kafka's
+partitioner."""
 
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ from tidegate.batches import (
     PACK_SCHEMA,
     BadBatchError,
     Batch,
+    field_columns,
     pack,
     partition_for,
     unpack,
@@ -35,6 +37,7 @@ pytestmark = pytest.mark.unit
 
 NOW_MS = 1_800_000_000_000
 BROKER_MESSAGE_LIMIT = 1024 * 1024
+SPLIT_LIMIT = 900 * 1024  # an encoded chunk over this is sent in halves
 COLUMNS = tuple(f.name for f in fields(Batch))
 HEADERS: Headers = [("a", b"1"), ("none", None), ("a", b"2")]
 
@@ -92,10 +95,13 @@ def columns(batch: Batch) -> dict[str, Any]:
 
 
 def rows(batch: Batch) -> list[dict[str, Any]]:
-    """Event by event, each column's entry (None for an optional column the batch lacks)."""
+    """Event by event, each column's entry (None for an optional column the batch lacks; the
+    fields as the event's map of them)."""
     def entry(column: Any, index: int) -> Any:
         if isinstance(column, np.ndarray):
             return column[index].tolist()
+        if isinstance(column, dict):
+            return {name: values[index] for name, values in column.items()} if column else None
         return column[index] if len(column) else None
     return [{name: entry(getattr(batch, name), i) for name in COLUMNS}
             for i in range(len(batch))]
@@ -121,11 +127,10 @@ def source_record(index: int, *, payload: str = "", key: bytes | None = None) ->
 
 def ingested(codec: Codec, records: Sequence[SourceRecord], *, partitions: int = 6) -> Batch:
     """The batch ingest sends on: every record accepted, routed by account."""
-    accepted, dead = ingest_batch(records, codec=codec, dedupe=Dedupe(), now_ms=NOW_MS)
+    batch, dead = ingest_batch(records, codec=codec, dedupe=Dedupe(), now_ms=NOW_MS,
+                               partitions=partitions)
     assert dead == []
-    return Batch.from_envelopes(
-        [env for _, env in accepted],
-        partitions=[partition_for(route, partitions) for route, _ in accepted])
+    return batch
 
 
 def legacy_message(codec: Codec, envelopes: Sequence[dict[str, Any]]) -> bytes:
@@ -134,13 +139,15 @@ def legacy_message(codec: Codec, envelopes: Sequence[dict[str, Any]]) -> bytes:
 
 
 def column_record(count: int) -> dict[str, Any]:
-    """An EventColumns record built by hand, every column ``count`` long."""
+    """An EventColumns record built by hand, every column ``count`` long (the fields one JSON
+    object per event, as EventColumns first carried them)."""
     ints = np.arange(count, dtype="<i8").tobytes()
     return {
         "batch_id": "0" * 32, "stage": "test", "created_at": NOW_MS, "count": count,
         "event_ids": [f"e{i}" for i in range(count)], "trace_ids": ["t"] * count,
         "traceparents": ["tp"] * count, "account_ids": [""] * count,
-        "event_times": ints, "ingested_at": ints, "fields": [b"{}"] * count,
+        "event_times": ints, "ingested_at": ints,
+        "fields": [json.dumps({"n": i}).encode() for i in range(count)],
         "source_topics": ["p.events"] * count,
         "source_partitions": np.zeros(count, dtype="<i4").tobytes(), "source_offsets": ints,
         "source_timestamps": ints, "keys": [None] * count, "values": [b"v"] * count,
@@ -245,6 +252,46 @@ def test_chunking_counts_the_fields_as_well_as_the_value(codec: Codec) -> None:
     assert [o for b in again for o in offsets(b)] == [r.offset for r in records]
 
 
+def test_a_batch_without_fields_counts_each_value_once(codec: Codec) -> None:
+    big = b"x" * 100_000
+    carrying = Batch.from_envelopes([envelope(i, value=big) for i in range(40)])
+    featured = carrying.with_features(np.zeros((40, 2)), ["ok"] * 40)
+    with_fields = list(pack(codec, carrying, stage="ingest"))
+    without = list(pack(codec, featured, stage="feature"))
+    assert all(len(message) <= MAX_BATCH_BYTES for _, message in with_fields + without)
+    # the value no longer counts twice once the decoded fields are gone: fuller messages
+    assert len(without) < len(with_fields)
+    assert [o for b in unpacked(codec, without) for o in offsets(b)] == list(range(40))
+
+
+def test_a_chunk_the_estimate_got_wrong_is_split_in_halves(codec: Codec) -> None:
+    # small values but large decoded fields: the estimate, which sees the values, takes all
+    # 40 events for one chunk, some 2.4 MB once encoded
+    batch = batch_of(40, partitions=[3] * 40)
+    batch.fields = {"n": list(range(40)),
+                    "blob": [chr(ord("a") + i % 26) * 60_000 for i in range(40)]}
+    assert sum(map(len, batch.values)) < 1_000
+    packed = list(pack(codec, batch, stage="ingest"))
+    assert len(packed) > 1
+    assert sum(len(message) for _, message in packed) > 2 * SPLIT_LIMIT
+    assert all(len(message) <= SPLIT_LIMIT for _, message in packed)
+    assert {partition for partition, _ in packed} == {3}
+    again = Batch.concat(unpacked(codec, packed))
+    assert offsets(again) == list(range(40))
+    assert columns(again) == columns(batch)
+
+
+def test_an_event_too_large_for_a_message_on_its_own_goes_out_alone(codec: Codec) -> None:
+    batch = batch_of(3)
+    batch.fields = {"blob": ["s", "L" * 1_000_000, "s"]}
+    packed = list(pack(codec, batch, stage="ingest"))
+    again = unpacked(codec, packed)
+    assert [offsets(b) for b in again] == [[0], [1], [2]]
+    assert again[1].fields == {"blob": ["L" * 1_000_000]}
+    assert len(packed[1][1]) > SPLIT_LIMIT  # no half to split it into
+    assert all(len(message) <= SPLIT_LIMIT for _, message in (packed[0], packed[2]))
+
+
 def test_unpack_of_garbage_is_a_codec_error(codec: Codec) -> None:
     with pytest.raises(CodecError):
         unpack(codec, b"\xff not a batch")
@@ -255,7 +302,8 @@ def test_a_hand_built_column_record_unpacks(codec: Codec) -> None:
     assert batch.event_ids == ["e0", "e1", "e2"]
     assert batch.event_times.tolist() == [0, 1, 2]
     assert batch.features.shape == (3, 0)
-    assert batch.fields == [b"{}"] * 3
+    assert batch.fields == {"n": [0, 1, 2]}  # the per-event objects, as columns
+    assert batch.records() == [{"n": 0}, {"n": 1}, {"n": 2}]
     assert batch.feature_quality == []
 
 
@@ -264,7 +312,7 @@ DISAGREEING_COLUMNS: list[tuple[str, Any]] = [
     ("values", [b"v"] * 4),
     ("headers", [[]]),
     ("keys", []),
-    ("fields", [b"{}"]),  # optional, so empty would do; one of three does not
+    ("fields", [b'{"n": 0}']),  # optional, so empty would do; one of three does not
     ("feature_quality", ["ok", "ok"]),
     ("event_times", np.arange(2, dtype="<i8").tobytes()),
     ("source_partitions", b"\x00" * 7),  # not a whole number of int32s
@@ -300,6 +348,44 @@ def test_a_legacy_event_batch_decodes_into_an_equal_batch(codec: Codec) -> None:
     # the same events in the columnar format decode alike
     [(_, message)] = list(pack(codec, Batch.from_envelopes(envelopes), stage="feature"))
     assert columns(unpack(codec, message, partition=4)) == columns(batch)
+
+
+def repacked(codec: Codec, message: bytes, **changes: Any) -> bytes:
+    """``message`` (an EventPack) with its MessagePack column map changed: a key set to None is
+    left out."""
+    record = codec.decode(message, PACK_SCHEMA)
+    sent = msgspec.msgpack.decode(record["columns"])
+    for key, value in changes.items():
+        if value is None:
+            del sent[key]
+        else:
+            sent[key] = value
+    return codec.encode(PACK_SCHEMA, {**record, "columns": msgspec.msgpack.encode(sent)})
+
+
+def test_an_event_pack_with_fields_per_event_still_unpacks(codec: Codec) -> None:
+    sources = [source_record(i) for i in range(4)]
+    batch = ingested(codec, sources, partitions=1)
+    [(_, message)] = list(pack(codec, batch, stage="ingest"))
+    # as a version before wrote it: one MessagePack map per event, no field columns
+    old = repacked(codec, message, field_columns=None, fields=[
+        msgspec.msgpack.encode(json.loads(source.value)) for source in sources])
+    again = unpack(codec, old, partition=2)
+    assert columns(again) == columns(unpack(codec, message, partition=2))
+    assert again.fields == batch.fields
+    assert again.records() == [json.loads(source.value) for source in sources]
+    # events with different fields: None where one lacks a field
+    maps = [{"a": 1, "b": "x"}, {"a": 2}, {"c": [1, 2]}, {"b": "y", "a": 4}]
+    uneven = repacked(codec, message, field_columns=None,
+                      fields=[msgspec.msgpack.encode(fields) for fields in maps])
+    assert unpack(codec, uneven).fields == {
+        "a": [1, 2, None, 4], "b": ["x", None, None, "y"], "c": [None, None, [1, 2], None]}
+    # a version before, after the feature stage: no fields at all
+    featured = batch.with_features(np.ones((4, 2)), ["ok"] * 4)
+    [(_, message)] = list(pack(codec, featured, stage="feature"))
+    bare = unpack(codec, repacked(codec, message, field_columns=None, fields=[]))
+    assert columns(bare) == columns(unpack(codec, message))
+    assert bare.fields == {}
 
 
 def test_a_legacy_batch_before_features_has_width_zero(codec: Codec) -> None:
@@ -371,18 +457,52 @@ def test_ages_are_milliseconds_since_ingest() -> None:
 
 
 def test_records_are_the_parsed_fields(codec: Codec) -> None:
-    batch = ingested(codec, [source_record(i) for i in range(3)], partitions=1)
+    sources = [source_record(i) for i in range(3)]
+    batch = ingested(codec, sources, partitions=1)
     records = batch.records()
     assert [r["event_id"] for r in records] == batch.event_ids
     assert [r["account_id"] for r in records] == ["acct-0", "acct-1", "acct-2"]
+    assert records == [json.loads(source.value) for source in sources]
+    assert batch.by_field() == field_columns(records)
+    assert batch.by_field()["account_id"] == ["acct-0", "acct-1", "acct-2"]
     assert Batch.from_envelopes([]).records() == []
+    assert Batch.from_envelopes([]).by_field() == {}
 
 
 def test_records_of_a_batch_without_fields_is_a_bad_batch() -> None:
     featured = batch_of(2).with_features(np.zeros((2, 1)), ["ok", "ok"])
-    with pytest.raises(BadBatchError, match="fields"):
+    with pytest.raises(BadBatchError, match="no longer carries the event fields"):
         featured.records()
+    with pytest.raises(BadBatchError, match="no longer carries the event fields"):
+        featured.by_field()
     assert featured.take([]).records() == []
+    assert featured.take([]).by_field() == {}
+
+
+def test_field_columns_transposes_records() -> None:
+    same: list[dict[str, Any]] = [{"a": 1, "b": "x"}, {"a": 2, "b": "y"}, {"a": 3, "b": None}]
+    assert field_columns(same) == {"a": [1, 2, 3], "b": ["x", "y", None]}
+    assert field_columns([{"a": 1}, {"a": 2}]) == {"a": [1, 2]}
+    assert field_columns([]) == {}
+    assert field_columns([{}, {}]) == {}
+    # other orders, other fields and the same number of other fields: None where one lacks it
+    assert field_columns([{"a": 1, "b": 2}, {"b": 3, "a": 4}]) == {"a": [1, 4], "b": [2, 3]}
+    assert field_columns([{"a": 1, "b": 2}, {"a": 3, "c": 4}]) == {
+        "a": [1, 3], "b": [2, None], "c": [None, 4]}
+    assert field_columns([{"a": 1}, {"a": 2, "b": 3}, {}]) == {
+        "a": [1, 2, None], "b": [None, 3, None]}
+
+
+def test_events_with_different_fields_fill_in_none(codec: Codec) -> None:
+    plain = envelope(0)
+    extra = {**envelope(1), "fields": json.dumps({"n": 1, "extra": [1.5, None]}).encode()}
+    batch = Batch.from_envelopes([plain, extra])
+    assert batch.fields == {"n": [0, 1], "account_id": ["acct-0", None],
+                            "extra": [None, [1.5, None]]}
+    assert batch.records() == [{"n": 0, "account_id": "acct-0", "extra": None},
+                               {"n": 1, "account_id": None, "extra": [1.5, None]}]
+    [(_, message)] = list(pack(codec, batch, stage="ingest"))
+    assert columns(unpack(codec, message)) == columns(batch)
 
 
 # with_features
@@ -402,17 +522,20 @@ def test_with_features_round_trips_float64s_bit_for_bit(codec: Codec) -> None:
     ], dtype=np.float64)
     batch = batch_of(3, partitions=[1, 1, 1])
     featured = batch.with_features(matrix, ["ok", "missing_amount", "ok"])
-    assert featured.fields == []
-    assert batch.fields != []  # the original batch is untouched
+    assert featured.fields == {}
+    assert batch.fields == {"n": [0, 1, 2],  # the original batch is untouched
+                            "account_id": ["acct-0", "acct-1", "acct-2"]}
     assert featured.feature_quality == ["ok", "missing_amount", "ok"]
     assert featured.features.tobytes() == matrix.tobytes()
     [(partition, message)] = list(pack(codec, featured, stage="feature"))
     again = unpack(codec, message, partition=partition)
     assert again.features.tobytes() == matrix.tobytes()
     assert bool(np.signbit(again.features[0, 0]))
-    assert again.fields == []
+    assert again.fields == {}
     assert columns(again) == columns(featured)
-    assert msgspec.msgpack.decode(codec.decode(message, PACK_SCHEMA)["columns"])["fields"] == []
+    sent = msgspec.msgpack.decode(codec.decode(message, PACK_SCHEMA)["columns"])
+    assert sent["field_columns"] == {}
+    assert "fields" not in sent  # the per-event column of a version before is not written
 
 
 def test_with_features_of_a_strided_matrix_sends_its_rows(codec: Codec) -> None:
@@ -451,13 +574,15 @@ def test_take_of_nothing_is_an_empty_batch_of_the_same_width() -> None:
     none = batch.take([])
     assert len(none) == 0
     assert none.features.shape == (0, 3)
-    assert all(len(getattr(none, name)) == 0 for name in COLUMNS)
+    assert all(len(getattr(none, name)) == 0 for name in COLUMNS if name != "fields")
+    assert none.fields == {"n": [], "account_id": []}  # every field, no event
+    assert none.records() == []
 
 
 def test_take_keeps_a_missing_optional_column_missing() -> None:
     featured = batch_of(3).with_features(np.ones((3, 2)), ["ok", "a", "b"])
     picked = featured.take([2, 1])
-    assert picked.fields == []
+    assert picked.fields == {}
     assert picked.feature_quality == ["b", "a"]
 
 
@@ -467,6 +592,7 @@ def test_concat_keeps_order() -> None:
     joined = Batch.concat([first, second])
     assert rows(joined) == rows(first) + rows(second)
     assert offsets(joined) == [0, 1, 2, 3, 4]
+    assert joined.fields["n"] == [0, 1, 2, 3, 4]
     assert joined.partitions.tolist() == [1, 1, 1, 2, 2]
     assert joined.features.shape == (5, 2)
 
@@ -483,17 +609,31 @@ def test_concat_of_optional_columns() -> None:
     plain = batch_of(2)
     featured = [batch_of(2, start=s).with_features(np.ones((2, 1)), ["ok", "x"]) for s in (0, 2)]
     both = Batch.concat(featured)
-    assert both.fields == []
+    assert both.fields == {}
     assert both.feature_quality == ["ok", "x", "ok", "x"]
     with_empty = Batch.concat([plain, Batch.from_envelopes([]), batch_of(1, start=2)])
-    assert len(with_empty.fields) == 3
+    assert with_empty.fields == {"n": [0, 1, 2], "account_id": ["acct-0", "acct-1", "acct-2"]}
     assert [r["n"] for r in with_empty.records()] == [0, 1, 2]
     # a legacy batch still carries its fields after the feature stage; the whole has none
     mixed = Batch.concat([plain.with_features(np.ones((2, 1)), ["ok", "ok"]),
                           batch_of(1, width=1)])
-    assert (len(mixed), mixed.fields) == (3, [])
+    assert (len(mixed), mixed.fields) == (3, {})
     with pytest.raises(BadBatchError, match="fields"):
         mixed.records()
+
+
+def test_concat_of_batches_with_different_fields_fills_in_none() -> None:
+    first = batch_of(2)
+    other = {**envelope(2), "fields": json.dumps({"n": 2, "late": "x"}).encode()}
+    second = Batch.from_envelopes([other, {**envelope(3), "fields": b'{"late": "y"}'}])
+    joined = Batch.concat([first, second, batch_of(1, start=4)])
+    assert joined.fields == {
+        "n": [0, 1, 2, None, 4],
+        "account_id": ["acct-0", "acct-1", None, None, "acct-0"],
+        "late": [None, None, "x", "y", None],
+    }
+    assert [record["late"] for record in joined.records()] == [None, None, "x", "y", None]
+    assert joined.take([3]).fields == {"n": [None], "account_id": [None], "late": ["y"]}
 
 
 def test_concat_ignores_empty_batches_whatever_their_width() -> None:
@@ -556,4 +696,17 @@ def test_a_pack_whose_columns_have_the_wrong_types_is_a_bad_batch(codec: Codec) 
     torn = codec.encode(PACK_SCHEMA, {**record, "columns": b"\xc1"})
     with pytest.raises(BadBatchError, match="unreadable internal batch"):
         unpack(codec, torn)
+    for wrong in ([[0], [1], [2]], {"n": 5}):
+        with pytest.raises(BadBatchError, match="unreadable internal batch"):
+            unpack(codec, repacked(codec, message, field_columns=wrong))
+
+
+def test_a_field_column_of_another_length_is_a_bad_batch(codec: Codec) -> None:
+    [(_, message)] = list(pack(codec, batch_of(3), stage="ingest"))
+    short = repacked(codec, message, field_columns={"n": [0, 1, 2], "account_id": ["a", "b"]})
+    with pytest.raises(BadBatchError, match="field account_id has 2 entries for 3 events"):
+        unpack(codec, short)
+    old = repacked(codec, message, field_columns=None, fields=[msgspec.msgpack.encode({"n": 0})])
+    with pytest.raises(BadBatchError, match="field n has 1 entries for 3 events"):
+        unpack(codec, old)
 

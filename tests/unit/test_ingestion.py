@@ -7,10 +7,9 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-import msgspec
 import pytest
 
-from tidegate.batches import Batch, pack, unpack
+from tidegate.batches import Batch, pack, partition_for, unpack
 from tidegate.codec import Codec
 from tidegate.deadletter import CONTEXT_PREFIX, DeadLetter, Headers, SourceRecord, context_of
 from tidegate.example.badrecords import ALL_KINDS, BadKind, BadRecordInjector
@@ -29,6 +28,7 @@ pytestmark = pytest.mark.unit
 SCHEMA = "tidegate.example.CardTransaction"
 NOW_MS = 1_800_000_000_000
 TOPIC = "t.events"
+PARTITIONS = 12  # of the internal topic ingest routes to
 ORIGINAL_HEADERS: Headers = [("producer", b"shop-api"), ("empty", None), ("producer", b"again")]
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 SPAN_ID = "00f067aa0ba902b7"
@@ -60,18 +60,19 @@ def as_json(record: dict[str, Any]) -> bytes:
     return json.dumps(record).encode()
 
 
-def ingest(records: Sequence[SourceRecord], codec: Codec, dedupe: Dedupe | None = None
-           ) -> tuple[list[tuple[str, dict[str, object]]], list[DeadLetter]]:
+def ingest(records: Sequence[SourceRecord], codec: Codec, dedupe: Dedupe | None = None, *,
+           partitions: int = PARTITIONS) -> tuple[Batch, list[DeadLetter]]:
     """One batch through ingest_batch, delivered: its ids then count as seen."""
     dedupe = Dedupe() if dedupe is None else dedupe
-    result = ingest_batch(records, codec=codec, dedupe=dedupe, now_ms=NOW_MS)
+    result = ingest_batch(records, codec=codec, dedupe=dedupe, now_ms=NOW_MS,
+                          partitions=partitions)
     dedupe.commit()
     return result
 
 
 def only_dead_letter(record: SourceRecord, codec: Codec) -> DeadLetter:
-    accepted, dead = ingest([record], codec)
-    assert accepted == []
+    batch, dead = ingest([record], codec)
+    assert len(batch) == 0
     assert len(dead) == 1
     return dead[0]
 
@@ -97,94 +98,149 @@ def assert_dead_letter_keeps_original(letter: DeadLetter, record: SourceRecord, 
 # --- good records ---------------------------------------------------------------------------
 
 
+def routes(event: dict[str, object]) -> tuple[int, int]:
+    """The partitions of ``event``'s account and of its event id, which must differ for a test
+    to tell the two routes apart."""
+    by_account = partition_for(str(event["account_id"]), PARTITIONS)
+    by_event_id = partition_for(str(event["event_id"]), PARTITIONS)
+    assert by_account != by_event_id
+    return by_account, by_event_id
+
+
 @pytest.mark.parametrize("framing", ["avro", "json"])
-def test_good_record_becomes_an_envelope_routed_by_account(
+def test_good_record_becomes_an_event_of_the_batch_routed_by_account(
         framing: str, codec: Codec, events: list[dict[str, object]]) -> None:
     event = events[0]
     value = codec.encode(SCHEMA, event) if framing == "avro" else as_json(event)
     headers: Headers = [*ORIGINAL_HEADERS, ("traceparent", VALID_TRACEPARENT.encode())]
     record = source(value, offset=41, key=b"acct-key", headers=headers)
 
-    accepted, dead = ingest([record], codec)
+    batch, dead = ingest([record], codec)
 
     assert dead == []
-    [(route, envelope)] = accepted
-    assert route == event["account_id"]
-    assert envelope["event_id"] == event["event_id"]
-    assert envelope["event_time"] == event["event_time"]
-    assert envelope["ingested_at"] == NOW_MS
-    assert envelope["trace_id"] == TRACE_ID
-    assert envelope["source_topic"] == TOPIC
-    assert envelope["source_partition"] == 2
-    assert envelope["source_offset"] == 41
-    assert envelope["source_timestamp"] == NOW_MS - 5
-    assert envelope["key"] == b"acct-key"
-    assert envelope["value"] == value
-    assert envelope["headers"] == [{"key": k, "value": v} for k, v in headers]
-    assert envelope["features"] == []
-    assert envelope["feature_quality"] == ""
-    fields = envelope["fields"]
-    assert isinstance(fields, bytes)
-    assert msgspec.msgpack.decode(fields) == event
+    assert len(batch) == 1
+    by_account, _ = routes(event)
+    assert batch.partitions.tolist() == [by_account]
+    assert batch.account_ids == [event["account_id"]]
+    assert batch.event_ids == [event["event_id"]]
+    assert batch.event_times.tolist() == [event["event_time"]]
+    assert batch.ingested_at.tolist() == [NOW_MS]
+    assert batch.trace_ids == [TRACE_ID]
+    assert batch.source_topics == [TOPIC]
+    assert batch.source_partitions.tolist() == [2]
+    assert batch.source_offsets.tolist() == [41]
+    assert batch.source_timestamps.tolist() == [NOW_MS - 5]
+    assert batch.keys == [b"acct-key"]
+    assert batch.values == [value]
+    assert batch.headers == [[{"key": k, "value": v} for k, v in headers]]
+    assert batch.source(0) == record
+    assert batch.features.shape == (1, 0)
+    assert batch.feature_quality == []
+    assert batch.fields == {name: [field] for name, field in event.items()}
+    assert batch.records() == [event]
 
 
-def test_envelopes_fit_the_batch_schema_and_round_trip(
+def test_the_batch_packs_and_round_trips(
         codec: Codec, events: list[dict[str, object]]) -> None:
     records = [source(codec.encode(SCHEMA, event), offset=i) for i, event in enumerate(events)]
-    accepted, dead = ingest(records, codec)
+    batch, dead = ingest(records, codec, partitions=1)
     assert dead == []
-    envelopes = [env for _, env in accepted]
-    batch = Batch.from_envelopes(envelopes, partitions=[3] * len(envelopes))
+    assert batch.partitions.tolist() == [0] * len(events)
     [(partition, message)] = list(pack(codec, batch, stage=STAGE))
-    assert partition == 3
-    again = unpack(codec, message, partition=3)
-    assert again.event_ids == [env["event_id"] for env in envelopes]
-    assert again.fields == [env["fields"] for env in envelopes]
-    assert [again.source(i).value for i in range(len(again))] == [
-        env["value"] for env in envelopes]
+    assert partition == 0
+    again = unpack(codec, message, partition=0)
+    assert again.event_ids == [event["event_id"] for event in events]
+    assert again.fields == batch.fields
+    assert again.records() == events
+    assert [again.source(i) for i in range(len(again))] == records
 
 
 def test_order_is_kept_and_good_and_bad_are_split(
         codec: Codec, events: list[dict[str, object]]) -> None:
     good = [source(codec.encode(SCHEMA, event), offset=i) for i, event in enumerate(events[:4])]
     bad = [source(b"\xff\xff", offset=10), source(b"[]", offset=11)]
-    accepted, dead = ingest([good[0], bad[0], good[1], good[2], bad[1], good[3]], codec)
-    assert [env["source_offset"] for _, env in accepted] == [0, 1, 2, 3]
+    batch, dead = ingest([good[0], bad[0], good[1], good[2], bad[1], good[3]], codec)
+    assert batch.source_offsets.tolist() == [0, 1, 2, 3]
+    assert batch.event_ids == [event["event_id"] for event in events[:4]]
     assert [(letter.code, letter.value) for letter in dead] == [
         ("BAD_MAGIC", b"\xff\xff"), ("NOT_AN_OBJECT", b"[]")]
 
 
 def test_missing_account_routes_by_event_id(
         codec: Codec, events: list[dict[str, object]]) -> None:
+    _, by_event_id = routes(events[0])
     for account in (None, "", 7):
         event = {**events[0], "account_id": account}
-        [(route, _)] = ingest([source(as_json(event))], codec)[0]
-        assert route == event["event_id"]
+        assert partition_for(str(account), PARTITIONS) != by_event_id
+        batch, _ = ingest([source(as_json(event))], codec)
+        assert batch.partitions.tolist() == [by_event_id]
+        assert batch.account_ids == [""]
     event = dict(events[0])
     del event["account_id"]
-    [(route, _)] = ingest([source(as_json(event))], codec)[0]
-    assert route == event["event_id"]
+    batch, _ = ingest([source(as_json(event))], codec)
+    assert batch.partitions.tolist() == [by_event_id]
+    assert batch.account_ids == [""]
+    # each event of a batch by its own route
+    batch, _ = ingest([source(as_json(event), offset=0), source(as_json(events[1]), offset=1)],
+                      codec)
+    assert batch.partitions.tolist() == [by_event_id, routes(events[1])[0]]
+    assert batch.account_ids == ["", events[1]["account_id"]]
 
 
 def test_event_time_on_the_future_limit_is_accepted(
         codec: Codec, events: list[dict[str, object]]) -> None:
     limit = IngestLimits().max_future_ms
     on_limit = {**events[0], "event_time": NOW_MS + limit}
-    accepted, dead = ingest([source(as_json(on_limit))], codec)
-    assert dead == [] and len(accepted) == 1
+    batch, dead = ingest([source(as_json(on_limit))], codec)
+    assert dead == [] and len(batch) == 1
 
 
 def test_limits_are_configurable(codec: Codec, events: list[dict[str, object]]) -> None:
     record = source(as_json({**events[0], "event_time": NOW_MS + 1_000}))
     strict = IngestLimits(max_future_ms=0)
-    accepted, dead = ingest_batch([record], codec=codec, dedupe=Dedupe(), now_ms=NOW_MS,
-                                  limits=strict)
-    assert accepted == [] and [d.code for d in dead] == ["EVENT_TIME_FUTURE"]
+    batch, dead = ingest_batch([record], codec=codec, dedupe=Dedupe(), now_ms=NOW_MS,
+                               limits=strict)
+    assert len(batch) == 0 and [d.code for d in dead] == ["EVENT_TIME_FUTURE"]
     old = source(as_json({**events[1], "event_time": 1_000}))
     lenient = IngestLimits(min_event_time_ms=0)
-    accepted, dead = ingest_batch([old], codec=codec, dedupe=Dedupe(), now_ms=NOW_MS,
-                                  limits=lenient)
-    assert dead == [] and len(accepted) == 1
+    batch, dead = ingest_batch([old], codec=codec, dedupe=Dedupe(), now_ms=NOW_MS,
+                               limits=lenient)
+    assert dead == [] and len(batch) == 1
+
+
+def test_an_int_beyond_64_bits_dead_letters_only_its_record(
+        codec: Codec, events: list[dict[str, object]]) -> None:
+    values = [
+        as_json(events[0]),
+        as_json({**events[1], "amount": 2**64}),  # one past MessagePack's largest integer
+        as_json({**events[2], "customer_age": 2**64 - 1}),  # the largest: fine
+        b"\xff\xff",  # a dead letter of another kind in between
+        as_json({**events[4], "account_age_days": -(2**63)}),  # the smallest: fine
+        as_json({**events[5], "tags": [1, {"deep": -(2**63) - 1}]}),  # nested, one below
+        as_json(events[6]),
+    ]
+    records = [source(value, offset=i, key=f"key-{i}".encode())
+               for i, value in enumerate(values)]
+
+    batch, dead = ingest(records, codec)
+
+    assert [(letter.code, letter.value) for letter in dead] == [
+        ("UNENCODABLE", values[1]), ("BAD_MAGIC", values[3]), ("UNENCODABLE", values[5])]
+    for letter, index in ((dead[0], 1), (dead[2], 5)):
+        context = assert_dead_letter_keeps_original(letter, records[index], "UNENCODABLE")
+        assert context["error.message"] and context["error.class"]
+    kept = [0, 2, 4, 6]
+    assert batch.source_offsets.tolist() == kept
+    assert batch.event_ids == [events[i]["event_id"] for i in kept]
+    assert batch.fields["customer_age"][1] == 2**64 - 1
+    assert batch.fields["account_age_days"][2] == -(2**63)
+    assert [{k: v for k, v in record.items() if k != "tags"} for record in batch.records()] == [
+        json.loads(values[i]) for i in kept]
+    # what is left packs: every message, unpacked, holds its events' fields
+    again = Batch.concat([unpack(codec, message, partition=partition)
+                          for partition, message in pack(codec, batch, stage=STAGE)])
+    order = sorted(range(len(again)), key=lambda i: int(again.source_offsets[i]))
+    assert again.take(order).fields == batch.fields
 
 
 # --- every ingest error code ----------------------------------------------------------------
@@ -255,15 +311,15 @@ def test_duplicate_event_id_is_refused_within_a_batch_and_across_batches(
     dedupe = Dedupe()
     avro = codec.encode(SCHEMA, events[0])
     first, again = source(avro, offset=1), source(avro, offset=2, key=b"other")
-    accepted, dead = ingest([first, again], codec, dedupe)
-    assert [env["source_offset"] for _, env in accepted] == [1]
+    batch, dead = ingest([first, again], codec, dedupe)
+    assert batch.source_offsets.tolist() == [1]
     assert len(dead) == 1
     context = assert_dead_letter_keeps_original(dead[0], again, "DUPLICATE_EVENT_ID")
     assert context["event.id"] == events[0]["event_id"]
     # the same id in JSON, in a later batch, is still a duplicate
     later = source(as_json(events[0]), offset=3)
-    accepted, dead = ingest([later], codec, dedupe)
-    assert accepted == []
+    batch, dead = ingest([later], codec, dedupe)
+    assert len(batch) == 0
     assert [d.code for d in dead] == ["DUPLICATE_EVENT_ID"]
 
 
@@ -273,8 +329,20 @@ def test_a_refused_record_does_not_make_its_id_seen(
     future = source(as_json({**events[0], "event_time": NOW_MS + 3_600_000}))
     assert [d.code for d in ingest([future], codec, dedupe)[1]] == ["EVENT_TIME_FUTURE"]
     fixed = source(as_json(events[0]))
-    accepted, dead = ingest([fixed], codec, dedupe)
-    assert dead == [] and len(accepted) == 1
+    batch, dead = ingest([fixed], codec, dedupe)
+    assert dead == [] and len(batch) == 1
+
+
+def test_an_unencodable_record_does_not_make_its_id_seen(
+        codec: Codec, events: list[dict[str, object]]) -> None:
+    dedupe = Dedupe()
+    huge = source(as_json({**events[0], "amount": 2**70}))
+    assert [d.code for d in ingest([huge], codec, dedupe)[1]] == ["UNENCODABLE"]
+    # nor within one batch: the corrected record right after it is accepted
+    fixed = source(as_json(events[0]), offset=1)
+    batch, dead = ingest([huge, fixed], codec, dedupe)
+    assert [d.code for d in dead] == ["UNENCODABLE"]
+    assert batch.source_offsets.tolist() == [1]
 
 
 def test_a_replayed_record_is_not_refused_as_a_duplicate(
@@ -283,11 +351,10 @@ def test_a_replayed_record_is_not_refused_as_a_duplicate(
     value = codec.encode(SCHEMA, events[0])
     assert len(ingest([source(value, offset=1)], codec, dedupe)[0]) == 1
     replay = source(value, offset=9, headers=[*ORIGINAL_HEADERS, (REPLAY_HEADER, b"1")])
-    accepted, dead = ingest([replay], codec, dedupe)
+    batch, dead = ingest([replay], codec, dedupe)
     assert dead == []
-    [(_, envelope)] = accepted
-    assert envelope["event_id"] == events[0]["event_id"]
-    assert envelope["source_offset"] == 9
+    assert batch.event_ids == [events[0]["event_id"]]
+    assert batch.source_offsets.tolist() == [9]
     # without the header the same bytes are a duplicate again
     assert [d.code for d in ingest([source(value, offset=10)], codec, dedupe)[1]] == [
         "DUPLICATE_EVENT_ID"]
@@ -309,8 +376,8 @@ def test_every_ingest_kind_of_the_catalogue_gets_its_code(
         assert expected is None
         bad_value = injector.corrupt(kind, events[seed + 20], encode)
         good, bad = source(good_value, offset=0), source(bad_value, offset=1)
-        accepted, dead = ingest([good, bad], codec)
-        assert [env["event_id"] for _, env in accepted] == [events[seed]["event_id"]]
+        batch, dead = ingest([good, bad], codec)
+        assert batch.event_ids == [events[seed]["event_id"]]
         assert [letter.code for letter in dead] == [kind.code], (kind.name, seed)
         assert_dead_letter_keeps_original(dead[0], bad, kind.code)
 
@@ -324,9 +391,9 @@ def test_validation_kinds_pass_ingest(
     injector = BadRecordInjector(seed=1, json_share=0.5, clock=lambda: NOW_MS / 1000)
     records = [source(injector.corrupt(kind, event, encode), offset=i)
                for i, event in enumerate(events[:10])]
-    accepted, dead = ingest(records, codec)
+    batch, dead = ingest(records, codec)
     assert dead == []
-    assert [env["event_id"] for _, env in accepted] == [e["event_id"] for e in events[:10]]
+    assert batch.event_ids == [e["event_id"] for e in events[:10]]
 
 
 # --- Dedupe ---------------------------------------------------------------------------------
@@ -438,28 +505,28 @@ def test_an_all_zero_traceparent_starts_a_fresh_trace(incoming: str) -> None:
     assert trace_id not in ("0" * 32, TRACE_ID)
 
 
-def test_ingest_stamps_trace_context_on_every_envelope(
+def test_ingest_stamps_trace_context_on_every_event(
         codec: Codec, events: list[dict[str, object]]) -> None:
     traced = source(as_json(events[0]), offset=0,
                     headers=[("traceparent", VALID_TRACEPARENT.encode())])
     untraced = source(as_json(events[1]), offset=1, headers=[])
     broken = source(as_json(events[2]), offset=2, headers=[("traceparent", b"00-xyz")])
-    accepted, _ = ingest([traced, untraced, broken], codec)
-    envelopes = [env for _, env in accepted]
-    assert envelopes[0]["trace_id"] == TRACE_ID
-    for envelope in envelopes:
-        match = TRACEPARENT.match(str(envelope["traceparent"]))
-        assert match is not None and match.group(1) == envelope["trace_id"]
-    fresh = {envelopes[1]["trace_id"], envelopes[2]["trace_id"]}
+    batch, _ = ingest([traced, untraced, broken], codec)
+    assert len(batch) == 3
+    assert batch.trace_ids[0] == TRACE_ID
+    for traceparent, trace_id in zip(batch.traceparents, batch.trace_ids, strict=True):
+        match = TRACEPARENT.match(traceparent)
+        assert match is not None and match.group(1) == trace_id
+    fresh = {batch.trace_ids[1], batch.trace_ids[2]}
     assert len(fresh) == 2 and TRACE_ID not in fresh
-    assert envelopes[1]["headers"] == []  # the original headers are carried, not rewritten
+    assert batch.headers[1] == []  # the original headers are carried, not rewritten
 
 
 def test_every_event_of_a_batch_gets_its_own_trace_and_span_ids(
         codec: Codec, events: list[dict[str, object]]) -> None:
-    accepted, _ = ingest([source(as_json(event), offset=i) for i, event in enumerate(events)],
-                         codec)
-    spans = [TRACEPARENT.match(str(env["traceparent"])) for _, env in accepted]
-    assert len(accepted) == len(events) and all(spans)
-    assert len({env["trace_id"] for _, env in accepted}) == len(events)
+    batch, _ = ingest([source(as_json(event), offset=i) for i, event in enumerate(events)],
+                      codec)
+    spans = [TRACEPARENT.match(traceparent) for traceparent in batch.traceparents]
+    assert len(batch) == len(events) and all(spans)
+    assert len(set(batch.trace_ids)) == len(events)
     assert len({span.group(2) for span in spans if span}) == len(events)

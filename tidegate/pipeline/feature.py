@@ -28,6 +28,8 @@ from typing import TypedDict, cast
 
 import numpy as np
 
+from tidegate.batches import field_columns
+
 __all__ = [
     "CHANNELS",
     "DEFAULT_STALE_AFTER_MS",
@@ -41,6 +43,7 @@ __all__ = [
     "compute_features",
     "decode_state",
     "encode_state",
+    "features_of_fields",
 ]
 
 # The vocabularies are part of the feature contract: changing one changes the vector length.
@@ -187,10 +190,6 @@ def _new_state(now_ms: int) -> AccountState:
     ))  # fmt: skip
 
 
-def _column(records: Sequence[Mapping[str, object]], field: str) -> list[object]:
-    return [r.get(field) for r in records]
-
-
 def compute_features(
     records: Sequence[Mapping[str, object]],
     states: Mapping[str, AccountState | None],
@@ -199,28 +198,47 @@ def compute_features(
     window_ms: int = DEFAULT_WINDOW_MS,
     stale_after_ms: int = DEFAULT_STALE_AFTER_MS,
 ) -> tuple[FeatureBatch, dict[str, AccountState]]:
-    """Features for ``records`` and the updated state of every account they touch.
-
-    ``states`` holds the stored state per account id (absent or None: no history). A state whose
-    newest event is more than ``stale_after_ms`` older than the record (event time, so replays and
-    training see what live serving sees) is dropped and the profile restarts. ``now_ms`` is the
-    processing time, stamped into each state as ``seen_ms``.
+    """Features for ``records`` and the updated state of every account they touch: see
+    ``features_of_fields``, which takes the same batch by field.
 
     >>> batch, new = compute_features([rec], {}, now_ms=rec["event_time"])
     >>> batch.quality
     ['no_state']
     """
-    n = len(records)
+    return features_of_fields(field_columns(records), len(records), states, now_ms=now_ms,
+                              window_ms=window_ms, stale_after_ms=stale_after_ms)
+
+
+def features_of_fields(
+    fields: Mapping[str, Sequence[object]],
+    size: int,
+    states: Mapping[str, AccountState | None],
+    *,
+    now_ms: int,
+    window_ms: int = DEFAULT_WINDOW_MS,
+    stale_after_ms: int = DEFAULT_STALE_AFTER_MS,
+) -> tuple[FeatureBatch, dict[str, AccountState]]:
+    """Features for a batch of ``size`` records given by field (name to one value per record,
+    None where a record lacks it) and the updated state of every account they touch.
+
+    ``states`` holds the stored state per account id (absent or None: no history). A state whose
+    newest event is more than ``stale_after_ms`` older than the record (event time, so replays and
+    training see what live serving sees) is dropped and the profile restarts. ``now_ms`` is the
+    processing time, stamped into each state as ``seen_ms``.
+    """
+    n = size
     matrix = np.zeros((n, len(FEATURE_NAMES)), dtype=np.float64)
     flags: list[list[str]] = [[] for _ in range(n)]
     if n == 0:
         return FeatureBatch(matrix, []), {}
 
-    times = np.fromiter((r["event_time"] for r in records), dtype=np.int64, count=n)
-    amounts = np.maximum(np.fromiter((r["amount"] for r in records), np.float64, n), 0.0)
-    ages = np.array(
-        [np.nan if a is None else a for a in _column(records, "customer_age")], dtype=np.float64
-    )
+    def column(name: str) -> Sequence[object]:
+        values = fields.get(name)
+        return values if values is not None else [None] * n
+
+    times = np.fromiter(fields["event_time"], dtype=np.int64, count=n)
+    amounts = np.maximum(np.fromiter(fields["amount"], np.float64, n), 0.0)
+    ages = np.array([np.nan if a is None else a for a in column("customer_age")], dtype=np.float64)
     age_missing = np.isnan(ages)
     for i in np.flatnonzero(age_missing):
         flags[i].append("imputed_age")
@@ -230,9 +248,9 @@ def compute_features(
     angle = (times // 1000 % 86_400) * (2.0 * math.pi / 86_400.0)
     matrix[:, col["hour_sin"]] = np.sin(angle)
     matrix[:, col["hour_cos"]] = np.cos(angle)
-    matrix[:, col["card_present"]] = [bool(v) for v in _column(records, "card_present")]
+    matrix[:, col["card_present"]] = [bool(v) for v in column("card_present")]
     for name in ("account_age_days", "previous_declines_24h"):
-        matrix[:, col[name]] = np.fromiter((r[name] for r in records), np.float64, n)
+        matrix[:, col[name]] = np.fromiter(fields[name], np.float64, n)
     matrix[:, col["customer_age"]] = np.where(age_missing, IMPUTED_AGE, ages)
     matrix[:, col["customer_age_missing"]] = age_missing
     rows = np.arange(n)
@@ -242,18 +260,20 @@ def compute_features(
         base = col[f"{prefix}_{vocab[0]}"]
         index = {value: base + k for k, value in enumerate(vocab)}
         other = base + len(vocab)
-        matrix[rows, [index.get(v, other) for v in _column(records, field)]] = 1.0  # type: ignore[call-overload]
+        matrix[rows, [index.get(v, other) for v in column(field)]] = 1.0  # type: ignore[call-overload]
 
     new_states = _walk_accounts(
-        records, states, times=times, amounts=amounts, matrix=matrix, flags=flags,
-        now_ms=now_ms, window_ms=window_ms, stale_after_ms=stale_after_ms,
+        [str(account) for account in fields["account_id"]], column("country"), states,
+        times=times, amounts=amounts, matrix=matrix, flags=flags, now_ms=now_ms,
+        window_ms=window_ms, stale_after_ms=stale_after_ms,
     )  # fmt: skip
     quality = [",".join(f) if f else "ok" for f in flags]
     return FeatureBatch(matrix, quality), new_states
 
 
 def _walk_accounts(
-    records: Sequence[Mapping[str, object]],
+    accounts: list[str],
+    countries: Sequence[object],
     states: Mapping[str, AccountState | None],
     *,
     times: np.ndarray,
@@ -265,10 +285,8 @@ def _walk_accounts(
     stale_after_ms: int,
 ) -> dict[str, AccountState]:
     """Sequential state per account, in event-time order; fills the state-derived columns."""
-    accounts = [str(r["account_id"]) for r in records]
-    countries = [r.get("country") for r in records]
     order = np.lexsort((times, np.array(accounts)))
-    out = np.zeros((len(records), 8), dtype=np.float64)
+    out = np.zeros((len(accounts), 8), dtype=np.float64)
     new_states: dict[str, AccountState] = {}
     current = ""
     st = _new_state(now_ms)

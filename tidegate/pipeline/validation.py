@@ -1,9 +1,10 @@
 """Declarative validation rules, loaded from TOML and checked a whole batch at a time.
 
 Rules are per field (required, type, min/max, allowed, finite, max_length) and per batch (the
-largest share of records that may miss a field). ``RuleSet.check`` builds each field's column
-once per batch and judges it with set and numpy operations; per-record Python runs only for the
-records that actually break a rule. Every violated rule is reported, with a stable code.
+largest share of records that may miss a field). ``RuleSet.check_fields`` judges a batch by
+column (a stage's batch carries its fields so) with set and numpy operations; per-record Python
+runs only for the records that actually break a rule. ``RuleSet.check`` takes records. Every
+violated rule is reported, with a stable code.
 
 A rules file looks like::
 
@@ -29,13 +30,13 @@ import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib.resources.abc import Traversable
-from operator import itemgetter
 from pathlib import Path
 from typing import Any, Literal, NoReturn, cast
 
 import numpy as np
 import numpy.typing as npt
 
+from tidegate.batches import field_columns
 from tidegate.deadletter import Code
 from tidegate.errors import RulesFileError
 
@@ -155,8 +156,13 @@ class RuleSet:
     batch: tuple[MissingShareRule, ...] = ()
 
     def check(self, records: Sequence[Mapping[str, object]]) -> BatchResult:
-        """Judge a batch; see ``BatchResult``."""
-        return _check(self, records)
+        """Judge a batch of records; see ``BatchResult``."""
+        return _check(self, field_columns(records), len(records))
+
+    def check_fields(self, fields: Mapping[str, Sequence[object]], size: int) -> BatchResult:
+        """Judge a batch of ``size`` records given by field (name to one value per record, None
+        where a record lacks the field; a field no record has may be left out)."""
+        return _check(self, fields, size)
 
     @classmethod
     def from_dict(cls, data: Mapping[str, object], source: str = "<rules>") -> RuleSet:
@@ -301,20 +307,16 @@ def _not_allowed(vals: Sequence[Any], allowed: frozenset[object]) -> list[int]:
 
 
 class _Judge:
-    """One batch being judged: columns are built once, violations collected per record."""
+    """One batch being judged, by column; violations collected per record."""
 
-    def __init__(self, records: Sequence[Mapping[str, object]], names: Sequence[str]) -> None:
-        self.records, self.n = records, len(records)
+    def __init__(self, columns: Mapping[str, Sequence[Any]], size: int) -> None:
+        self.columns, self.n = columns, size
         self.found: dict[int, list[Violation]] = {}
         self.missing: dict[str, list[int]] = {}
-        self.columns: dict[str, Sequence[Any]] = {}
-        if names and records:
-            try:  # one C-level pass transposes the batch when every record has every field
-                rows = list(map(itemgetter(*names), records))
-                cols = zip(*rows, strict=True) if len(names) > 1 else [rows]
-                self.columns = dict(zip(names, cols, strict=True))
-            except (KeyError, TypeError):
-                self.columns = {}
+
+    def column(self, name: str) -> Sequence[Any]:
+        column = self.columns.get(name)
+        return column if column is not None else [None] * self.n
 
     def flag(self, where: Iterable[int], name: str, rule: str, code: str,
              say: Callable[[int], str]) -> None:
@@ -323,9 +325,7 @@ class _Judge:
 
     def field(self, fr: FieldRule) -> None:
         name, n = fr.name, self.n
-        col = self.columns.get(name)
-        if col is None:
-            col = [r.get(name) for r in self.records]
+        col = self.column(name)
         types = set(map(type, col))
         missing = [i for i, v in enumerate(col) if v is None] if _NONE in types else []
         self.missing[name] = missing
@@ -370,7 +370,7 @@ class _Judge:
     def batch(self, br: MissingShareRule) -> BatchWarning | None:
         name, n = br.field, self.n
         if name not in self.missing:
-            self.missing[name] = [i for i, r in enumerate(self.records) if r.get(name) is None]
+            self.missing[name] = [i for i, v in enumerate(self.column(name)) if v is None]
         share = len(self.missing[name]) / n if n else 0.0
         if n < br.min_records or share <= br.max_missing_share:
             return None
@@ -381,8 +381,8 @@ class _Judge:
         return BatchWarning(name, "max_missing_share", Code.MISSING_SHARE, text, br.action, share)
 
 
-def _check(rules: RuleSet, records: Sequence[Mapping[str, object]]) -> BatchResult:
-    judge = _Judge(records, [fr.name for fr in rules.fields])
+def _check(rules: RuleSet, columns: Mapping[str, Sequence[object]], size: int) -> BatchResult:
+    judge = _Judge(columns, size)
     for fr in rules.fields:
         judge.field(fr)
     warnings = tuple(w for w in map(judge.batch, rules.batch) if w is not None)
