@@ -13,8 +13,8 @@ from tidegate.kafka.secure import ADMIN, OPERATOR, SecureMaterial, load_material
 from tidegate.settings import ClientConfig, Settings
 
 __all__ = [
-    "CONSUMER_DEFAULTS", "HOP_FETCH", "PRODUCER_DEFAULTS", "admin_config", "bootstrap_servers",
-    "client_config", "client_security", "embedded_material",
+    "CONSUMER_DEFAULTS", "HOP_FETCH", "INTERNAL_FETCH", "PRODUCER_DEFAULTS", "admin_config",
+    "bootstrap_servers", "client_config", "client_security", "embedded_material", "hop_fetch",
 ]
 
 # Every producer of stage outputs: acknowledged by all in-sync replicas, idempotent, lz4 batches,
@@ -28,10 +28,19 @@ PRODUCER_DEFAULTS: ClientConfig = {
 # librdkafka's defaults (answered at the first byte, else held 500 ms): an idle follower asks
 # twice a second, a scan reads to the end without waiting.
 CONSUMER_DEFAULTS: ClientConfig = {"enable.auto.commit": False, "log_level": 3}
-# The readers of a pipeline hop (a stage's input, a consumer of predictions): a fetch returns a
-# batch, not a record: the broker holds it until 64 KiB are there or 10 ms have passed. With
-# the defaults, a stream of small produce requests became as many fetches.
+# The readers of a hop of single records (ingest's input, a consumer of predictions): a fetch
+# returns a batch, not a record: the broker holds it until 64 KiB are there or 10 ms have
+# passed. With the defaults, a stream of small produce requests became as many fetches.
 HOP_FETCH: ClientConfig = {"fetch.min.bytes": 65536, "fetch.wait.max.ms": 10}
+# The readers of internal topics keep the defaults: every message there is a whole micro-batch,
+# so a fetch answered at the first byte already returns a batch, at once; held for 64 KiB or
+# 10 ms, each hop waited up to 10 ms and each reader fetched 100 times a second.
+INTERNAL_FETCH: ClientConfig = {}
+
+
+def hop_fetch(internal: bool) -> ClientConfig:
+    """The fetch settings of a reader of an internal topic, or of a topic of single records."""
+    return INTERNAL_FETCH if internal else HOP_FETCH
 
 
 def bootstrap_servers(settings: Settings) -> str:

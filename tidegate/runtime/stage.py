@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits
 from tidegate.codec import Codec
 from tidegate.control import StageMode
 from tidegate.errors import BrokerError, CodecError
-from tidegate.kafka.clients import HOP_FETCH, client_config
+from tidegate.kafka.clients import client_config, hop_fetch
 from tidegate.kafka.delayed import DelayedReader
 from tidegate.kafka.producer import Outbox
 from tidegate.kafka.reader import BatchReader, ReaderEvent, batch_messages, read_linger
@@ -261,7 +261,8 @@ class StageRuntime:
         """
         group = input_group(self.stage, self.settings)
         self._handle_with(state, topic=self.source.get_topic_name(), group=group)
-        reader = BatchReader(client_config(self.settings, **HOP_FETCH),
+        reader = BatchReader(client_config(self.settings,
+                                           **hop_fetch(self.topics.source.internal)),
                              topic=self.source.get_topic_name(), group=group,
                              on_assign=on_assign, on_revoke=on_revoke,
                              hold=PartitionFreeze.from_settings(self.settings, self.stage))
@@ -316,7 +317,7 @@ class StageRuntime:
         somewhere."""
         if not self.topics.retry:
             return None
-        return DelayedReader(client_config(self.settings, **HOP_FETCH),
+        return DelayedReader(client_config(self.settings, **hop_fetch(internal=True)),
                              topics=[self.name(spec) for spec in self.topics.retry],
                              group=f"{group.removesuffix('-input')}-retry")
 
