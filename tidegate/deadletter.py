@@ -176,8 +176,13 @@ def context_of(headers: HeaderInput) -> dict[str, str]:
 
 
 def source_record(event: Any) -> SourceRecord:
-    """The input record behind a Faust event, with its raw key, value and headers."""
+    """The input record behind a Faust event (or a reader's), with its raw key, value and
+    headers."""
     message = event.message
+    direct = getattr(message, "source_record", None)  # a librdkafka reader's event builds it
+    if direct is not None:
+        record: SourceRecord = direct()
+        return record
     headers = message.headers
     if isinstance(headers, dict):
         headers = list(headers.items())

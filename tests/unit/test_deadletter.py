@@ -5,7 +5,9 @@ from __future__ import annotations
 import dataclasses
 import json
 import time
+from types import SimpleNamespace
 
+import confluent_kafka
 import pytest
 
 from tidegate.deadletter import (
@@ -15,7 +17,9 @@ from tidegate.deadletter import (
     SourceRecord,
     context_of,
     header_value,
+    source_record,
 )
+from tidegate.kafka.reader import ReaderEvent
 
 pytestmark = pytest.mark.unit
 
@@ -165,3 +169,16 @@ def test_every_dead_letter_code_and_every_codec_code_is_documented() -> None:
     assert len(names) == 17
     missing = [code for code in [*names, *codec_codes] if f"`{code}`" not in documented]
     assert missing == []
+
+
+def test_a_reader_event_gives_the_same_source_record_as_a_faust_shaped_event() -> None:
+    message = confluent_kafka.Message(topic="events", partition=4, offset=91, key=b"acct-7",
+                                      value=b"\x00\x01", headers=[("traceparent", b"00-1")],
+                                      timestamp=(1, 1_796_400_000_123))
+    event = ReaderEvent(message)
+    faust_shaped = SimpleNamespace(message=SimpleNamespace(
+        topic="events", partition=4, offset=91, timestamp=1_796_400_000.123, key=b"acct-7",
+        value=b"\x00\x01", headers=[("traceparent", b"00-1")]))
+    assert source_record(event) == source_record(faust_shaped) == SourceRecord(
+        topic="events", partition=4, offset=91, timestamp=1_796_400_000_123, key=b"acct-7",
+        value=b"\x00\x01", headers=[("traceparent", b"00-1")])
