@@ -242,7 +242,7 @@ class Footprints:
 
     ingest_batch_bytes: float  # one ingest batch: records, decoded fields, columns, packed
     expansion: float  # heap bytes per byte of internal batch: unpacked columns + field columns
-    dedupe_id_bytes: float  # one event id in ingest's de-duplication window
+    dedupe_bytes: float  # ingest's de-duplication window, allocated whole when it is made
     account_state_bytes: float  # one account's full rolling state in the feature stage
     prediction_bytes: float  # one unlabelled prediction waiting in monitoring's label join
 
@@ -274,14 +274,6 @@ def measure_footprints(sample: list[ExampleMessage], batch_size: int) -> Footpri
         decoded, heap = _heap(lambda: [(part, part.by_field()) for part in
                                        (unpack(codec, value) for _, value in packed)])
         del decoded
-        dedupe = Dedupe()
-
-        def remember() -> None:  # the id strings too: the window keeps them
-            for _ in range(count):
-                dedupe.seen(str(uuid.uuid4()), now_ms)
-            dedupe.commit()
-
-        _, dedupe_heap = _heap(remember)
         first: dict[object, dict[str, object]] = {}
         for record in batch.records():
             first.setdefault(record["account_id"], record)
@@ -303,7 +295,7 @@ def measure_footprints(sample: list[ExampleMessage], batch_size: int) -> Footpri
         tracemalloc.stop()
     return Footprints(
         ingest_batch_bytes=float(ingest_peak + raw),  # + librdkafka's copy of the output
-        expansion=heap / raw, dedupe_id_bytes=dedupe_heap / count,
+        expansion=heap / raw, dedupe_bytes=float(Dedupe().nbytes),
         account_state_bytes=state_heap / max(1, len(states)),
         prediction_bytes=join_heap / count,
     )
@@ -355,7 +347,7 @@ def memory_bounds(settings: Settings, idle_mb: dict[str, float], footprints: Foo
     health = buffered * 4 * kib + by_key("health").partitions * faust_fetch  # < 4 KiB
     parts: dict[str, dict[str, float]] = {
         "ingest": {"prefetch": public_queue, "batch": fp.ingest_batch_bytes,
-                   "dedupe": min(events, max_ids) * fp.dedupe_id_bytes, "faust": faust},
+                   "dedupe": fp.dedupe_bytes, "faust": faust},
         "validation": {"prefetch": internal_queue, "batch": working, "faust": faust},
         "feature": {"prefetch": internal_queue, "batch": working, "faust": faust,
                     "state": min(accounts, settings.feature_state_max_accounts)
@@ -379,7 +371,7 @@ def memory_bounds(settings: Settings, idle_mb: dict[str, float], footprints: Foo
         f"{in_batch / MIB:.0f} MiB x (1 value + {fp.expansion:.1f} decoded + 2 x 1.5 outputs)"
         f" = {working / MIB:.0f} MiB; ingest: {batch} events = "
         f"{fp.ingest_batch_bytes / MIB:.1f} MiB",
-        f"dedupe: min({events:,} events, {max_ids:,}) ids x {fp.dedupe_id_bytes:.0f} B; "
+        f"dedupe: {max_ids:,} ids in fixed arrays, {fp.dedupe_bytes / MIB:.0f} MiB; "
         f"state: {accounts:,} accounts x {fp.account_state_bytes:,.0f} B; join: "
         f"min({events:,}, {max_predictions:,}) unlabelled predictions x "
         f"{fp.prediction_bytes:.0f} B",

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -406,63 +407,68 @@ def see(dedupe: Dedupe, event_id: str, now_ms: int) -> bool:
     return answer
 
 
+def uid(name: str) -> str:
+    """A UUID for ``name``: the window reads ids as UUIDs, as ingest checks them."""
+    return str(uuid.uuid5(uuid.NAMESPACE_OID, name))
+
+
 def test_dedupe_remembers_within_the_window() -> None:
     dedupe = Dedupe(max_ids=10, window_ms=1_000)
-    assert see(dedupe, "a", 0) is False
-    assert see(dedupe, "a", 500) is True
-    assert see(dedupe, "b", 900) is False
-    assert see(dedupe, "a", 1_000) is True
+    assert see(dedupe, uid("a"), 0) is False
+    assert see(dedupe, uid("a"), 500) is True
+    assert see(dedupe, uid("b"), 900) is False
+    assert see(dedupe, uid("a"), 1_000) is True
     assert len(dedupe) == 2
 
 
 def test_dedupe_forgets_the_oldest_beyond_its_count() -> None:
     dedupe = Dedupe(max_ids=3, window_ms=10**9)
-    for index, event_id in enumerate("abcd"):
+    for index, event_id in enumerate(map(uid, "abcd")):
         assert see(dedupe, event_id, index) is False
     assert len(dedupe) == 3
-    assert [see(dedupe, event_id, 10) for event_id in "bcd"] == [True, True, True]
-    assert see(dedupe, "a", 11) is False  # forgotten, so new again
+    assert [see(dedupe, event_id, 10) for event_id in map(uid, "bcd")] == [True, True, True]
+    assert see(dedupe, uid("a"), 11) is False  # forgotten, so new again
     assert len(dedupe) == 3
-    assert see(dedupe, "b", 12) is False  # "a" came back and pushed "b" out
+    assert see(dedupe, uid("b"), 12) is False  # "a" came back and pushed "b" out
 
 
 def test_dedupe_forgets_ids_older_than_its_window() -> None:
     dedupe = Dedupe(max_ids=100, window_ms=1_000)
-    see(dedupe, "old", 0)
-    see(dedupe, "mid", 600)
-    assert see(dedupe, "new", 1_500) is False  # horizon 500: "old" goes, "mid" stays
+    see(dedupe, uid("old"), 0)
+    see(dedupe, uid("mid"), 600)
+    assert see(dedupe, uid("new"), 1_500) is False  # horizon 500: "old" goes, "mid" stays
     assert len(dedupe) == 2
-    assert see(dedupe, "mid", 1_550) is True
-    assert see(dedupe, "old", 1_600) is False
+    assert see(dedupe, uid("mid"), 1_550) is True
+    assert see(dedupe, uid("old"), 1_600) is False
 
 
 def test_dedupe_does_not_report_an_id_older_than_the_window() -> None:
     dedupe = Dedupe(max_ids=100, window_ms=1_000)
-    assert see(dedupe, "a", 0) is False
-    assert see(dedupe, "a", 5_000) is False
+    assert see(dedupe, uid("a"), 0) is False
+    assert see(dedupe, uid("a"), 5_000) is False
 
 
 def test_dedupe_stays_bounded_under_a_stream_of_new_ids() -> None:
     dedupe = Dedupe(max_ids=50, window_ms=10**9)
     for index in range(1_000):
-        see(dedupe, f"id-{index}", index)
+        see(dedupe, uid(f"id-{index}"), index)
     assert len(dedupe) == 50
 
 
 def test_dedupe_counts_an_id_only_once_its_batch_is_delivered() -> None:
     dedupe = Dedupe()
-    assert dedupe.seen("a", 0) is False
-    assert dedupe.seen("a", 1) is True  # twice in one batch: the second is a duplicate
+    assert dedupe.seen(uid("a"), 0) is False
+    assert dedupe.seen(uid("a"), 1) is True  # twice in one batch: the second is a duplicate
     dedupe.drop()  # the handler call failed; the message-by-message retry comes next
-    assert dedupe.seen("a", 2) is False
+    assert dedupe.seen(uid("a"), 2) is False
     dedupe.keep()
-    assert dedupe.seen("b", 3) is False
+    assert dedupe.seen(uid("b"), 3) is False
     dedupe.drop()  # this message failed alone: only "b" is forgotten
     assert len(dedupe) == 0, "nothing counts before delivery"
     dedupe.commit()
     assert len(dedupe) == 1
-    assert see(dedupe, "a", 4) is True
-    assert see(dedupe, "b", 5) is False
+    assert see(dedupe, uid("a"), 4) is True
+    assert see(dedupe, uid("b"), 5) is False
 
 
 # --- trace context --------------------------------------------------------------------------

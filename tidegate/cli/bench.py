@@ -29,10 +29,14 @@ __all__ = ["bench"]
 @click.option("--codec", is_flag=True,
               help="Only the codec figures, no broker: CPU per prediction framed column by "
               "column and by fastavro one record at a time.")
+@click.option("--dedupe", is_flag=True,
+              help="Only the de-duplication window, no broker: CPU per event id and memory "
+              "growth once the window is full, batch by batch and one id at a time.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path),
               help="Also write the full report as JSON here.")
 def bench(events: int, half_rate_seconds: float, workers: int, latency_rate: float | None,
-          low_rate: float, jmx: str | None, codec: bool, json_path: Path | None) -> None:
+          low_rate: float, jmx: str | None, codec: bool, dedupe: bool,
+          json_path: Path | None) -> None:
     """Measure events/s, latency percentiles, CPU and memory per stage.
 
     Uses KAFKA_BOOTSTRAP_SERVERS if set, else a fresh embedded broker for the run.
@@ -44,6 +48,14 @@ def bench(events: int, half_rate_seconds: float, workers: int, latency_rate: flo
         click.echo(render_framing(framing))
         if json_path is not None:
             json_path.write_text(json.dumps(framing, indent=2))
+        return
+    if dedupe:
+        from tidegate.cli.dedupebench import measure_dedupe, render_dedupe
+
+        reports = [measure_dedupe(many=True), measure_dedupe(many=False)]
+        click.echo(render_dedupe(reports))
+        if json_path is not None:
+            json_path.write_text(json.dumps(reports, indent=2))
         return
     from tidegate.cli.benchmark import render, run_bench
 

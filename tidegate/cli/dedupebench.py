@@ -12,7 +12,7 @@ Example::
 
     report = measure_dedupe(count=2_000_000, max_ids=500_000, batch=2000)
     report["us_per_id"], report["rss_growth_mb"]
-    old = measure_dedupe(make=tidegate.pipeline.ingest.Dedupe, many=False)  # any such window
+    one_by_one = measure_dedupe(many=False)   # ``seen`` per id; ``make=`` takes any such window
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ from typing import Any
 from tidegate.cli.endurance import rss_mb
 from tidegate.pipeline.dedupe import Dedupe
 
-__all__ = ["measure_dedupe"]
+__all__ = ["measure_dedupe", "render_dedupe"]
 
 
 def measure_dedupe(*, count: int = 2_000_000, max_ids: int = 500_000,
@@ -73,3 +73,13 @@ def measure_dedupe(*, count: int = 2_000_000, max_ids: int = 500_000,
             "call": "seen_many" if many else "seen", "us_per_id": 1e6 * cpu / count,
             "rss_warm_mb": rss_warm, "rss_growth_mb": rss_end - rss_warm,
             "heap_growth_bytes": heap_end - heap_warm if heap else None}
+
+
+def render_dedupe(reports: list[dict[str, Any]]) -> str:
+    """One line per report: the call, CPU per id, and the memory gained once the window was
+    full."""
+    return "\n".join(
+        f"de-duplication window of {r['max_ids']:,} ids, {r['count']:,} ids in batches of "
+        f"{r['batch']:,}, by {r['call']}: {r['us_per_id']:.2f} µs of CPU per id; RSS "
+        f"{r['rss_warm_mb']:.0f} MB once full, {r['rss_growth_mb']:+.1f} MB after"
+        for r in reports)

@@ -57,9 +57,9 @@ def _parse(event_ids: Sequence[str]) -> tuple[Words, Words]:
 class Dedupe:
     """Event ids seen within a bounded window (count and age); the oldest are forgotten first.
 
-    Staged like ``tidegate.pipeline.ingest.Dedupe`` (see ``tidegate.outputs.Staged``): an id
-    checked by ``seen`` counts for later calls only once the stage ``keep``s the handler call and
-    ``commit``s the delivered batch. ``seen_many`` is ``seen`` on each id in order, vectorised.
+    Staged (see ``tidegate.outputs.Staged``): an id checked by ``seen`` counts for later calls
+    only once the stage ``keep``s the handler call and ``commit``s the delivered batch.
+    ``seen_many`` is ``seen`` on each id in order, vectorised.
     """
 
     def __init__(self, *, max_ids: int = 500_000, window_ms: int = 3_600_000) -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import os
 import re
-from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from operator import itemgetter
@@ -22,7 +21,7 @@ from tidegate.batches import Batch, Fields, field_columns, partition_for
 from tidegate.codec import Codec, Record
 from tidegate.deadletter import Code, DeadLetter, Headers, SourceRecord, header_value
 from tidegate.errors import CodecError, EnvelopeError
-from tidegate.outputs import Pending
+from tidegate.pipeline.dedupe import Dedupe
 
 __all__ = ["STAGE", "Dedupe", "IngestLimits", "ingest_batch", "make_traceparent"]
 
@@ -43,45 +42,6 @@ class IngestLimits:
 
     max_future_ms: int = 5 * 60_000
     min_event_time_ms: int = _YEAR_2000_MS
-
-
-class Dedupe:
-    """Event ids seen within a bounded window (count and age); the oldest are forgotten.
-
-    Staged (see ``tidegate.outputs.Staged``): an id checked by ``seen`` counts for later calls only
-    once the stage ``keep``s the handler call and ``commit``s the delivered batch, so a batch that
-    fails and is retried message by message does not find its own ids already seen.
-    """
-
-    def __init__(self, *, max_ids: int = 500_000, window_ms: int = 3_600_000) -> None:
-        self._seen: OrderedDict[str, int] = OrderedDict()
-        self._pending: Pending[str, int] = Pending()
-        self._max = max_ids
-        self._window = window_ms
-
-    def __len__(self) -> int:
-        return len(self._seen)
-
-    def seen(self, event_id: str, now_ms: int) -> bool:
-        """True if ``event_id`` was seen in the window or earlier in this batch; else stages it."""
-        horizon = now_ms - self._window
-        while self._seen and next(iter(self._seen.values())) < horizon:
-            self._seen.popitem(last=False)
-        if event_id in self._seen or event_id in self._pending:
-            return True
-        self._pending.call[event_id] = now_ms
-        return False
-
-    def keep(self) -> None:
-        self._pending.keep()
-
-    def drop(self) -> None:
-        self._pending.drop()
-
-    def commit(self) -> None:
-        self._seen.update(self._pending.take())
-        while len(self._seen) > self._max:
-            self._seen.popitem(last=False)
 
 
 def make_traceparent(headers: Headers, entropy: str | None = None) -> tuple[str, str]:
@@ -154,15 +114,16 @@ def ingest_batch(
                                   error_class=type(error).__name__, message=str(error))
                for row, error in _unencodable(columns).items()}
     # only an id that is accepted counts as seen: a refused record may come again, corrected
-    for row, event_id in enumerate(ids):
+    checked = [row for row in range(len(ids)) if row not in refused]
+    repeated = dedupe.seen_many([ids[row] for row in checked], now_ms)
+    for row, again in zip(checked, repeated, strict=True):
         source = records[rows[row]]
-        if row in refused or not dedupe.seen(event_id, now_ms):
-            continue
-        if not (source.headers and header_value(source.headers, REPLAY_HEADER) is not None):
+        if again and not (source.headers and
+                          header_value(source.headers, REPLAY_HEADER) is not None):
             refused[row] = DeadLetter.of(source, stage=STAGE, code=Code.DUPLICATE_EVENT_ID,
                                          error_class=EnvelopeError.__name__,
                                          message="event_id seen before in the window",
-                                         event_id=event_id)
+                                         event_id=ids[row])
     if refused:
         dead.extend((rows[row], letter) for row, letter in refused.items())
         kept = [row for row in range(len(rows)) if row not in refused]
