@@ -31,6 +31,7 @@ from io import BytesIO
 from pathlib import Path
 from typing import Any, Literal, TypeVar, cast
 
+import msgspec
 from fastavro import parse_schema, schemaless_reader, schemaless_writer
 from fastavro.read import SchemaResolutionError
 from fastavro.schema import SchemaParseException, fingerprint, to_parsing_canonical_form
@@ -79,6 +80,7 @@ _BODY_ERRORS = (EOFError, ValueError, IndexError, KeyError, TypeError, OverflowE
 _MAX_CACHED = 10_000
 _REGISTRY_TYPE = "application/vnd.schemaregistry.v1+json"
 _loads = json.loads
+_fast_loads = msgspec.json.decode
 
 
 def _why(exc: object, limit: int = 200) -> str:
@@ -234,7 +236,19 @@ def decode_body(schema_name: str, body: bytes) -> Record:
 
 
 def decode_json(value: bytes) -> Record:
-    """Decode a UTF-8 JSON object, types as sent. Example: ``decode_json(b'{"a": 1}')``."""
+    """Decode a UTF-8 JSON object, types as sent. Example: ``decode_json(b'{"a": 1}')``.
+
+    msgspec parses first (about half the cost of the standard library); what it refuses (a
+    NaN literal, a number beyond a double, a lone surrogate, anything malformed) goes to the
+    standard library, which accepts the first three as before and words the errors.
+    """
+    try:
+        fast = _fast_loads(value)
+    except (msgspec.DecodeError, RecursionError):
+        pass
+    else:
+        if type(fast) is dict:
+            return fast
     try:
         text = value.decode("utf-8")
     except UnicodeDecodeError as exc:

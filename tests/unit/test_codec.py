@@ -331,6 +331,21 @@ def test_decode_without_json_rejects_json_as_bad_magic() -> None:
     assert _code_of(codec.decode, b'{"a": 1}') == "BAD_MAGIC"
 
 
+@pytest.mark.parametrize("value", [
+    b'{"a": 1, "b": [1.5, "x", null, true], "c": {"d": -0.0}}',
+    b'{"a": NaN, "b": Infinity}',  # what the standard library reads and msgspec refuses
+    b'{"a": 1e400}',  # beyond a double: inf, as the standard library reads it
+    b'{"a": "\\ud800"}',  # a lone surrogate
+    b'{"a": 18446744073709551616, "b": -9223372036854775809}',  # beyond 64 bits
+    b'{"a": 1, "a": 2}',  # a repeated key: the last wins
+    b' {"a": "\\u00e9t\xc3\xa9"} ',
+])
+def test_decode_json_reads_as_the_standard_library_does(value: bytes) -> None:
+    decoded = codec.decode_json(value)
+    assert repr(decoded) == repr(json.loads(value))  # repr: NaN is not equal to itself
+    assert type(decoded) is dict
+
+
 def test_decode_json_codes() -> None:
     assert _code_of(codec.decode_json, b"\x80") == "INVALID_UTF8"
     assert _code_of(codec.decode_json, b"{") == "INVALID_JSON"
