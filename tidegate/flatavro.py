@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-__all__ = ["FlatWriter"]
+__all__ = ["FlatWriter", "flat_fields"]
 
 Bytes = npt.NDArray[np.uint8]
 Segment = tuple[Bytes, npt.NDArray[np.int64]]  # the rows' bytes end to end, each row's length
@@ -60,15 +60,8 @@ class FlatWriter:
     @classmethod
     def compile(cls, parsed: Mapping[str, Any]) -> FlatWriter | None:
         """A writer for a parsed record schema whose every field is flat, else None."""
-        if not isinstance(parsed, Mapping) or parsed.get("type") != "record":
-            return None
-        fields = []
-        for field in parsed.get("fields", []):
-            kind, nullable = _kind(field.get("type"))
-            if kind is None:
-                return None
-            fields.append(_Field(str(field["name"]), kind, nullable))
-        return cls(fields) if fields else None
+        fields = flat_fields(parsed)
+        return cls([_Field(*field) for field in fields]) if fields else None
 
     def write_all(self, records: Sequence[Mapping[str, Any]],
                   prefix: bytes = b"") -> list[bytes] | None:
@@ -84,6 +77,19 @@ class FlatWriter:
         except (_NotFlatError, KeyError, TypeError, ValueError, OverflowError, UnicodeError):
             return None
         return _assemble(segments, len(records), prefix)
+
+
+def flat_fields(parsed: Mapping[str, Any]) -> list[tuple[str, str, bool]] | None:
+    """(name, kind, nullable) of each field of a flat record schema; None for any other."""
+    if not isinstance(parsed, Mapping) or parsed.get("type") != "record":
+        return None
+    fields = []
+    for field in parsed.get("fields", []):
+        kind, nullable = _kind(field.get("type"))
+        if kind is None:
+            return None
+        fields.append((str(field["name"]), kind, nullable))
+    return fields or None
 
 
 def _kind(schema: Any) -> tuple[str | None, bool]:

@@ -22,7 +22,8 @@ LAYERS: dict[str, int] = {
     "runtime": 3, "monitoring": 4, "agents": 5, "cli": 6,
 }
 BASE_MODULES = {"__init__", "batches", "breaker", "codec", "control", "deadletter", "errors",
-                "flatavro", "outputs", "redelivery", "retry", "settings", "signing", "topics"}
+                "flatavro", "flatread", "outputs", "redelivery", "retry", "settings", "signing",
+                "topics"}
 MAPPED = {"agents", "topics", "schemas"}  # top-level folders mapped into the namespace
 
 

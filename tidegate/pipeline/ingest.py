@@ -58,13 +58,12 @@ def make_traceparent(headers: Headers, entropy: str | None = None) -> tuple[str,
     return f"00-{trace_id}-{entropy[32:48]}-01", trace_id
 
 
-def _check(record: Record, limits: IngestLimits, now_ms: int) -> tuple[str, int]:
-    event_id = record.get("event_id")
+def _check(event_id: object, event_time: object, limits: IngestLimits,
+           now_ms: int) -> tuple[str, int]:
     if event_id is None or event_id == "":
         raise EnvelopeError(Code.MISSING_EVENT_ID, "the event has no event_id")
     if not isinstance(event_id, str) or not _UUID.match(event_id):
         raise EnvelopeError(Code.BAD_EVENT_ID, f"event_id {str(event_id)[:80]!r} is not a UUID")
-    event_time = record.get("event_time")
     if isinstance(event_time, bool) or not isinstance(event_time, int):
         raise EnvelopeError(Code.BAD_EVENT_TIME,
                             "event_time is missing or not integer milliseconds", event_id)
@@ -88,28 +87,25 @@ def ingest_batch(
     account is missing.
     """
     dead: list[tuple[int, DeadLetter]] = []
-    rows: list[int] = []
-    decoded: list[Record] = []
+    rows, columns = _decoded(records, codec, dead)
     ids: list[str] = []
     times: list[int] = []
-    for index, source in enumerate(records):
+    kept: list[int] = []
+    for row, (event_id, event_time) in enumerate(zip(
+            columns.get("event_id") or [None] * len(rows),
+            columns.get("event_time") or [None] * len(rows), strict=True)):
         try:
-            _, fields = codec.decode_any(source.value)
-            event_id, event_time = _check(fields, limits, now_ms)
-        except CodecError as exc:
-            dead.append((index, DeadLetter.of(source, stage=STAGE, code=exc.code,
-                                              error_class=type(exc).__name__, message=str(exc))))
-            continue
+            checked_id, checked_time = _check(event_id, event_time, limits, now_ms)
         except EnvelopeError as exc:
-            dead.append((index, DeadLetter.of(source, stage=STAGE, code=exc.code,
-                                              error_class=type(exc).__name__, message=str(exc),
-                                              event_id=exc.event_id)))
+            dead.append((rows[row], DeadLetter.of(
+                records[rows[row]], stage=STAGE, code=exc.code, error_class=type(exc).__name__,
+                message=str(exc), event_id=exc.event_id)))
             continue
-        rows.append(index)
-        decoded.append(fields)
-        ids.append(event_id)
-        times.append(event_time)
-    columns = field_columns(decoded)
+        kept.append(row)
+        ids.append(checked_id)
+        times.append(checked_time)
+    if len(kept) < len(rows):
+        rows, columns = [rows[i] for i in kept], _select(columns, kept)
     refused = {row: DeadLetter.of(records[rows[row]], stage=STAGE, code=Code.UNENCODABLE,
                                   error_class=type(error).__name__, message=str(error))
                for row, error in _unencodable(columns).items()}
@@ -128,9 +124,49 @@ def ingest_batch(
         dead.extend((rows[row], letter) for row, letter in refused.items())
         kept = [row for row in range(len(rows)) if row not in refused]
         rows, ids, times = [rows[i] for i in kept], [ids[i] for i in kept], [times[i] for i in kept]
-        columns = {name: [values[i] for i in kept] for name, values in columns.items()}
+        columns = _select(columns, kept)
     dead.sort(key=itemgetter(0))
     return _batch(records, rows, columns, ids, times, now_ms, partitions), [d for _, d in dead]
+
+
+def _decoded(records: Sequence[SourceRecord], codec: Codec,
+             dead: list[tuple[int, DeadLetter]]) -> tuple[list[int], Fields]:
+    """The indexes of the records that decode and their fields, in input order; a dead letter
+    for each that does not. Avro records of one flat schema are read by column, together
+    (``Codec.read_columns``); the others one by one."""
+    pieces = codec.read_columns([source.value for source in records])
+    by_column = {row for rows, _ in pieces for row in rows}
+    rows: list[int] = []
+    decoded: list[Record] = []
+    for index, source in enumerate(records):
+        if index in by_column:
+            continue
+        try:
+            _, fields = codec.decode_any(source.value)
+        except CodecError as exc:
+            dead.append((index, DeadLetter.of(source, stage=STAGE, code=exc.code,
+                                              error_class=type(exc).__name__, message=str(exc))))
+            continue
+        rows.append(index)
+        decoded.append(fields)
+    if decoded or not pieces:
+        pieces.append((rows, field_columns(decoded)))
+    if len(pieces) == 1:
+        return pieces[0]
+    # several pieces: every field end to end, then put back in input order
+    joined = [row for rows, _ in pieces for row in rows]
+    order = np.argsort(np.array(joined), kind="stable").tolist()
+    names = dict.fromkeys(name for _, fields in pieces for name in fields)
+    columns: Fields = {}
+    for name in names:
+        values = [value for rows, fields in pieces
+                  for value in (fields.get(name) or [None] * len(rows))]
+        columns[name] = list(map(values.__getitem__, order))
+    return list(map(joined.__getitem__, order)), columns
+
+
+def _select(columns: Fields, rows: list[int]) -> Fields:
+    return {name: list(map(values.__getitem__, rows)) for name, values in columns.items()}
 
 
 def _unencodable(columns: Fields) -> dict[int, Exception]:
