@@ -26,7 +26,7 @@ from tidegate.pipeline.inference import (
     PrimarySwitch,
     ScoreResult,
     ScoringChain,
-    predictions,
+    prediction_columns,
 )
 from tidegate.redelivery import ATTEMPT_HEADER, Attempts, RetryPolicy, exhausted
 from tidegate.runtime.stage import StageRuntime
@@ -51,7 +51,7 @@ def build(settings: Settings) -> StageRuntime:
     chain = ScoringChain.from_registry(registry)
     new_breaker = _breakers(runtime, settings)
     chain.breakers = {path: new_breaker(path) for path in ("primary", "fallback")}
-    encode = runtime.codec.batch_encoder("tidegate.Prediction", topic=sink_name)
+    encode = runtime.codec.columns_encoder("tidegate.Prediction", topic=sink_name)
     width = len(FEATURE_NAMES)
     runtime.metrics.model_version = chain.primary.version if chain.primary else None
     steering = runtime.follow_control()
@@ -152,16 +152,16 @@ def build(settings: Settings) -> StageRuntime:
                     scored.append((chunk, result))
                     runtime.metrics.extra["path"] = result.path
             for part, result in scored:
-                records = predictions(part, result)
-                outputs.messages += prediction_messages(records, part.traceparents,
+                made = prediction_columns(part, result)
+                outputs.messages += prediction_messages(made, part.traceparents,
                                                         encode=encode, topic=sink_name,
                                                         headers=retried)
-                outputs.records_out += len(records)
-                outputs.latencies_ms += [r["latency_ms"] for r in records]
-                runtime.metrics.count(f"predictions.{result.path}", len(records))
-                runtime.metrics.count("predictions.flagged", sum(r["label"] for r in records))
+                outputs.records_out += len(part)
+                outputs.latencies_ms += made["latency_ms"]
+                runtime.metrics.count(f"predictions.{result.path}", len(part))
+                runtime.metrics.count("predictions.flagged", sum(made["label"]))
                 if retried:
-                    runtime.metrics.count(f"retries.{result.path}", len(records))
+                    runtime.metrics.count(f"retries.{result.path}", len(part))
 
     def defer(chunk: Batch, later: Attempts, outputs: Outputs) -> None:
         """To the retry topic of the next attempt, or, attempts spent, a dead letter each."""

@@ -10,7 +10,7 @@ from typing import Any
 from tidegate.batches import Batch
 from tidegate.deadletter import source_record
 from tidegate.outputs import Outgoing, Outputs, forward, prediction_messages
-from tidegate.pipeline.inference import shed_predictions
+from tidegate.pipeline.inference import shed_columns
 from tidegate.pipeline.ingest import STAGE, Dedupe, IngestLimits, ingest_batch
 from tidegate.runtime.stage import StageRuntime
 from tidegate.settings import Settings
@@ -25,7 +25,8 @@ def build(settings: Settings) -> StageRuntime:
     steering = runtime.follow_control()
     assert runtime.topics.sink is not None
     predictions_topic = runtime.name(by_key("predictions"))
-    encode_prediction = runtime.codec.batch_encoder("tidegate.Prediction", topic=predictions_topic)
+    encode_prediction = runtime.codec.columns_encoder("tidegate.Prediction",
+                                                      topic=predictions_topic)
     sink = runtime.topics.sink
     sink_name = runtime.name(sink)
     dedupe = Dedupe(window_ms=int(settings.dedupe_window_seconds * 1000))
@@ -40,7 +41,7 @@ def build(settings: Settings) -> StageRuntime:
         shed: list[Outgoing] = []
         if steering.mode.shed_share > 0:
             batch, dropped = _shed(batch, steering.mode.shed_share)
-            shed = prediction_messages(shed_predictions(dropped), dropped.traceparents,
+            shed = prediction_messages(shed_columns(dropped), dropped.traceparents,
                                        encode=encode_prediction, topic=predictions_topic)
             runtime.metrics.count("predictions.shed", len(shed))
         return Outputs(forward(runtime.codec, batch, topic=sink_name, stage=STAGE) + shed,

@@ -159,6 +159,18 @@ class AvroSchema:
         data = out.getbuffer()
         return [bytes(data[start:end]) for start, end in zip([0, *ends], ends, strict=False)]
 
+    def write_columns(self, columns: Mapping[str, Sequence[Any]], rows: int,
+                      prefix: bytes = b"") -> list[bytes]:
+        """``write_all`` of ``rows`` records given by field. Example:
+        ``schema(name).write_columns({"a": [1, 2]}, 2, header)``."""
+        if self.flat is not None:
+            bodies = self.flat.write_columns(columns, rows, prefix)
+            if bodies is not None:
+                return bodies
+        names = list(columns)
+        return self.write_all([dict(zip(names, row, strict=True))
+                               for row in zip(*columns.values(), strict=True)], prefix)
+
     def read(self, body: bytes, reader: AvroSchema | None = None) -> Record:
         """Decode a bare body written with this schema. Example: ``schema(name).read(body)``."""
         same = reader is None or reader.fingerprint == self.fingerprint
@@ -391,6 +403,13 @@ class Codec:
         avro, header = self._framing(schema_name, topic)
         write_all = avro.write_all
         return lambda records: write_all(records, header)
+
+    def columns_encoder(self, schema_name: str, *, topic: str | None = None
+                        ) -> Callable[[Mapping[str, Sequence[Any]], int], list[bytes]]:
+        """``batch_encoder`` for records given by field: ``to_values({"a": [1, 2]}, 2)``."""
+        avro, header = self._framing(schema_name, topic)
+        write_columns = avro.write_columns
+        return lambda columns, rows: write_columns(columns, rows, header)
 
     def encode(self, schema_name: str, record: Mapping[str, Any], *,
                topic: str | None = None) -> bytes:

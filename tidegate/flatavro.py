@@ -71,12 +71,31 @@ class FlatWriter:
         try:
             # one C-level pass: each record's values as a tuple, then transposed to columns
             columns = zip(*map(self._values, records), strict=True)
+        except (KeyError, TypeError):
+            return None
+        return self._written(list(map(list, columns)), len(records), prefix)
+
+    def write_columns(self, columns: Mapping[str, Sequence[Any]], rows: int,
+                      prefix: bytes = b"") -> list[bytes] | None:
+        """``write_all`` of ``rows`` records given by field (each column ``rows`` long)."""
+        if not rows:
+            return []
+        try:
+            values = [list(columns[field.name]) for field in self.fields]
+        except KeyError:
+            return None
+        if any(len(column) != rows for column in values):
+            return None
+        return self._written(values, rows, prefix)
+
+    def _written(self, columns: list[list[Any]], rows: int, prefix: bytes) -> list[bytes] | None:
+        try:
             segments: list[Segment] = []
             for field, column in zip(self.fields, columns, strict=True):
-                segments += _encode(field, list(column))
-        except (_NotFlatError, KeyError, TypeError, ValueError, OverflowError, UnicodeError):
+                segments += _encode(field, column)
+        except (_NotFlatError, TypeError, ValueError, OverflowError, UnicodeError):
             return None
-        return _assemble(segments, len(records), prefix)
+        return _assemble(segments, rows, prefix)
 
 
 def flat_fields(parsed: Mapping[str, Any]) -> list[tuple[str, str, bool]] | None:

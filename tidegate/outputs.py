@@ -66,19 +66,20 @@ def forward(codec: Codec, batch: Batch, *, topic: str, stage: str) -> list[Outgo
             for partition, value in pack(codec, batch, stage=stage)]
 
 
-def prediction_messages(records: Sequence[Mapping[str, Any]], traceparents: Iterable[str], *,
-                        encode: Callable[[Sequence[Mapping[str, Any]]], list[bytes]],
+def prediction_messages(columns: Mapping[str, Sequence[Any]], traceparents: Iterable[str], *,
+                        encode: Callable[[Mapping[str, Sequence[Any]], int], list[bytes]],
                         topic: str, headers: Sequence[tuple[str, bytes | None]] = (),
                         ) -> list[Outgoing]:
-    """One message per prediction, keyed by event id, with the event's trace context and
-    ``headers`` (a retried record's attempt).
+    """One message per prediction (``columns``: the records by field), keyed by event id, with
+    the event's trace context and ``headers`` (a retried record's attempt).
 
-    ``encode`` frames the whole list in one call (``Codec.batch_encoder``).
+    ``encode`` frames them all in one call (``Codec.columns_encoder``).
     """
-    return [Outgoing(topic=topic, key=str(record["event_id"]).encode(), value=value,
+    event_ids = columns["event_id"]
+    return [Outgoing(topic=topic, key=event_id.encode(), value=value,
                      headers=[("traceparent", traceparent.encode()), *headers])
-            for record, value, traceparent in zip(records, encode(records), traceparents,
-                                                  strict=True)]
+            for event_id, value, traceparent in zip(event_ids, encode(columns, len(event_ids)),
+                                                    traceparents, strict=True)]
 
 
 class Staged(Protocol):

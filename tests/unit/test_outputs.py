@@ -31,15 +31,16 @@ def test_forward_of_an_empty_batch_sends_nothing() -> None:
 
 
 def test_prediction_messages_are_keyed_by_event_id_and_carry_the_trace() -> None:
-    def encode(records: Sequence[Mapping[str, Any]]) -> list[bytes]:
-        return [json.dumps(dict(record)).encode() for record in records]
+    def encode(columns: Mapping[str, Sequence[Any]], rows: int) -> list[bytes]:
+        return [json.dumps({name: values[row] for name, values in columns.items()}).encode()
+                for row in range(rows)]
 
-    records = [{"event_id": "e1", "score": 0.1}, {"event_id": "e2", "score": 0.9}]
+    records: dict[str, list[Any]] = {"event_id": ["e1", "e2"], "score": [0.1, 0.9]}
     out = prediction_messages(records, ["00-a-b-01", "00-c-d-01"], encode=encode,
                               topic="p.predictions")
     assert [m.key for m in out] == [b"e1", b"e2"]
     assert [m.headers for m in out] == [[("traceparent", b"00-a-b-01")],
                                         [("traceparent", b"00-c-d-01")]]
-    assert json.loads(out[1].value) == records[1]
+    assert json.loads(out[1].value) == {"event_id": "e2", "score": 0.9}
     with pytest.raises(ValueError):  # one trace per prediction, no silent truncation
         prediction_messages(records, ["00-a-b-01"], encode=encode, topic="p.predictions")

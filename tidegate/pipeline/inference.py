@@ -35,8 +35,8 @@ from tidegate.models.registry import FALLBACK, PRIMARY, ModelRegistry
 from tidegate.models.scoring import ModelScorer, Scorer, StaticScorer
 
 __all__ = [
-    "Path", "PrimarySwitch", "ScoreResult", "ScoringChain", "pinned_version", "predictions",
-    "shed_predictions",
+    "Path", "PrimarySwitch", "ScoreResult", "ScoringChain", "pinned_version",
+    "prediction_columns", "predictions", "shed_columns",
 ]
 
 log = logging.getLogger(__name__)
@@ -218,29 +218,33 @@ class PrimarySwitch:
         self._loading.add_done_callback(done)
 
 
+def prediction_columns(batch: Batch, result: ScoreResult, *,
+                       shed: bool = False) -> dict[str, list[Any]]:
+    """The tidegate.Prediction records of ``batch``'s events, by field (each field one list
+    entry per event): framed in one call (``Codec.columns_encoder``), no record per event."""
+    n, now = len(batch), time.time() * 1000
+    scores = result.scores
+    return {
+        "event_id": batch.event_ids, "trace_id": batch.trace_ids,
+        "account_id": [account or None for account in batch.account_ids],
+        "score": scores.tolist(), "label": (scores >= result.threshold).tolist(),
+        "threshold": [result.threshold] * n, "model_version": [result.version] * n,
+        "path": [result.path] * n, "latency_ms": (now - batch.ingested_at).tolist(),
+        "event_time": batch.event_times.tolist(), "predicted_at": [int(now)] * n,
+        "feature_quality": ["shed"] * n if shed else
+        [flags or "ok" for flags in batch.feature_quality] if batch.feature_quality else
+        ["ok"] * n,
+        "shed": [shed] * n,
+    }
+
+
 def predictions(batch: Batch, result: ScoreResult) -> list[dict[str, Any]]:
-    """One tidegate.Prediction record per event of ``batch``."""
-    now = time.time() * 1000
-    quality = batch.feature_quality or [""] * len(batch)
-    return [
-        {
-            "event_id": event_id, "trace_id": trace_id, "account_id": account or None,
-            "score": score, "label": score >= result.threshold, "threshold": result.threshold,
-            "model_version": result.version, "path": result.path,
-            "latency_ms": now - ingested_at, "event_time": event_time,
-            "predicted_at": int(now), "feature_quality": flags or "ok", "shed": False,
-        }
-        for event_id, trace_id, account, score, ingested_at, event_time, flags in zip(
-            batch.event_ids, batch.trace_ids, batch.account_ids, result.scores.tolist(),
-            batch.ingested_at.tolist(), batch.event_times.tolist(), quality, strict=True)
-    ]
+    """One tidegate.Prediction record per event of ``batch`` (see ``prediction_columns``)."""
+    columns = prediction_columns(batch, result)
+    return [dict(zip(columns, row, strict=True)) for row in zip(*columns.values(), strict=True)]
 
 
-def shed_predictions(batch: Batch) -> list[dict[str, Any]]:
-    """Predictions for events shed under load: no model ran, and the record says so."""
-    shed = ScoreResult(np.zeros(len(batch)), "shed", "shed", 1.0)
-    records = predictions(batch, shed)
-    for record in records:
-        record["shed"] = True
-        record["feature_quality"] = "shed"
-    return records
+def shed_columns(batch: Batch) -> dict[str, list[Any]]:
+    """Predictions for events shed under load, by field: no model ran, and the record says so."""
+    return prediction_columns(batch, ScoreResult(np.zeros(len(batch)), "shed", "shed", 1.0),
+                              shed=True)
