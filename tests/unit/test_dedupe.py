@@ -10,7 +10,7 @@ from collections.abc import Callable
 
 import pytest
 
-from tidegate.cli.dedupebench import measure_dedupe
+from tidegate.cli.dedupebench import measure_dedupe, render_dedupe
 from tidegate.pipeline.dedupe import Dedupe
 
 pytestmark = pytest.mark.unit
@@ -249,5 +249,7 @@ def test_the_bench_measures_either_call() -> None:
     assert many["heap_growth_bytes"] is None
     one = measure_dedupe(count=6000, max_ids=1000, batch=500, many=False, heap=True)
     assert one["call"] == "seen" and isinstance(one["heap_growth_bytes"], int)
+    lines = render_dedupe([many, one]).splitlines()
+    assert len(lines) == 2 and "by seen_many" in lines[0] and "by seen:" in lines[1]
     with pytest.raises(ValueError):
         measure_dedupe(count=2000, max_ids=1000)

@@ -142,3 +142,13 @@ def test_ingest_reads_a_mixed_batch_as_one_record_at_a_time_would() -> None:
     kept = [i for i in range(len(values)) if i not in (40, 41)]
     assert batch.source_offsets.tolist() == kept
     assert batch.records() == [events[i] for i in kept]
+
+
+def test_the_codec_benchmark_reads_the_same_values_both_ways() -> None:
+    from tidegate.cli.codecbench import measure_input_reading, render_reading
+
+    report = measure_input_reading(records=200, rounds=1)
+    assert report["identical"] is True and report["records"] == 200
+    assert min(report[name] for name in ("avro_columns_us", "avro_fastavro_us",
+                                         "json_msgspec_us", "json_stdlib_us")) > 0
+    assert "identical values: yes" in render_reading(report)

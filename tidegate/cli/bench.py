@@ -27,8 +27,8 @@ __all__ = ["bench"]
               help="JMX address of the configured cluster's broker, for its request counts "
               "(the embedded broker opens its own).")
 @click.option("--codec", is_flag=True,
-              help="Only the codec figures, no broker: CPU per prediction framed column by "
-              "column and by fastavro one record at a time.")
+              help="Only the codec figures, no broker: CPU per prediction framed and per "
+              "input record read, column by column and one record at a time.")
 @click.option("--dedupe", is_flag=True,
               help="Only the de-duplication window, no broker: CPU per event id and memory "
               "growth once the window is full, batch by batch and one id at a time.")
@@ -42,12 +42,18 @@ def bench(events: int, half_rate_seconds: float, workers: int, latency_rate: flo
     Uses KAFKA_BOOTSTRAP_SERVERS if set, else a fresh embedded broker for the run.
     """
     if codec:
-        from tidegate.cli.codecbench import measure_prediction_framing, render_framing
+        from tidegate.cli.codecbench import (
+            measure_input_reading,
+            measure_prediction_framing,
+            render_framing,
+            render_reading,
+        )
 
-        framing = measure_prediction_framing()
+        framing, reading = measure_prediction_framing(), measure_input_reading()
         click.echo(render_framing(framing))
+        click.echo(render_reading(reading))
         if json_path is not None:
-            json_path.write_text(json.dumps(framing, indent=2))
+            json_path.write_text(json.dumps({"framing": framing, "reading": reading}, indent=2))
         return
     if dedupe:
         from tidegate.cli.dedupebench import measure_dedupe, render_dedupe
