@@ -269,6 +269,7 @@ def _bad_values(codec: Codec, event: dict[str, object]) -> list[tuple[str, bytes
         ("MISSING_EVENT_ID", as_json({**event, "event_id": ""})),
         ("BAD_EVENT_ID", as_json({**event, "event_id": "not-a-uuid"})),
         ("BAD_EVENT_ID", as_json({**event, "event_id": 12345})),
+        ("BAD_EVENT_ID", as_json({**event, "event_id": f"{event['event_id']}\n"})),
         ("BAD_EVENT_ID", codec.encode(SCHEMA, {**event, "event_id": "abc"})),
         ("EVENT_TIME_FUTURE", as_json({**event, "event_time": NOW_MS + 3_600_000})),
         ("EVENT_TIME_FUTURE", codec.encode(SCHEMA, {**event, "event_time": NOW_MS + 10**9})),

@@ -62,7 +62,7 @@ def _check(event_id: object, event_time: object, limits: IngestLimits,
            now_ms: int) -> tuple[str, int]:
     if event_id is None or event_id == "":
         raise EnvelopeError(Code.MISSING_EVENT_ID, "the event has no event_id")
-    if not isinstance(event_id, str) or not _UUID.match(event_id):
+    if not isinstance(event_id, str) or not _UUID.fullmatch(event_id):
         raise EnvelopeError(Code.BAD_EVENT_ID, f"event_id {str(event_id)[:80]!r} is not a UUID")
     if isinstance(event_time, bool) or not isinstance(event_time, int):
         raise EnvelopeError(Code.BAD_EVENT_TIME,
