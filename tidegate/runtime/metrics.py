@@ -62,7 +62,7 @@ class StageMetrics:
         self.counters: Counter[str] = Counter()
         self._timing = [0.0, 0.0]
         self._batch_buckets = [0] * len(_BUCKET_NAMES)
-        self._latencies = np.empty(_LATENCY_SAMPLES)  # the first ``_filled`` entries hold
+        self._latencies = np.empty(_LATENCY_SAMPLES)  # the sample: its first ``_filled`` entries
         self._filled = 0
         self._sampled = 0
 
