@@ -50,6 +50,7 @@ __all__ = [
     "field_columns",
     "pack",
     "partition_for",
+    "select_fields",
     "unpack",
     "unpack_messages",
 ]
@@ -220,8 +221,7 @@ class Batch:
             if isinstance(value, np.ndarray):
                 columns[column] = value[index]
             elif column == "fields":
-                columns[column] = {name: list(map(values.__getitem__, picked))
-                                   for name, values in value.items()}
+                columns[column] = select_fields(value, picked)
             elif column in _OPTIONAL and not value:
                 columns[column] = []
             else:
@@ -293,6 +293,11 @@ def _joined_fields(parts: list[Fields], sizes: list[int]) -> Fields:
             column.extend(part.get(name) or [None] * size)
         joined[name] = column
     return joined
+
+
+def select_fields(fields: Fields, rows: Sequence[int]) -> Fields:
+    """The fields of the events at ``rows``, in that order."""
+    return {name: list(map(values.__getitem__, rows)) for name, values in fields.items()}
 
 
 def field_columns(records: Sequence[Mapping[str, Any]]) -> Fields:

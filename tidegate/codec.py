@@ -459,10 +459,9 @@ class Codec:
         """
         groups: dict[bytes, list[int]] = {}
         for index, value in enumerate(values):
-            if value[:2] == SINGLE_OBJECT_MAGIC:
-                groups.setdefault(value[:_SINGLE_HEADER], []).append(index)
-            elif value[:1] == CONFLUENT_MAGIC:
-                groups.setdefault(value[:_CONFLUENT_HEADER], []).append(index)
+            framing = _framing_of(value)
+            if framing is not None:
+                groups.setdefault(framing[1], []).append(index)
         read = []
         for header, rows in groups.items():
             reader = self._flat_reader(header) if len(rows) >= least else None
@@ -477,9 +476,7 @@ class Codec:
         if header in self._flat:
             return self._flat[header]
         try:
-            plans = self._plans.get(None)
-            plan = plans.get(header) if plans is not None else None
-            writer, reader, _ = plan if plan is not None else self._plan(header, None)
+            writer, reader, _ = self._planned(header, None)
         except CodecError:  # unknown or truncated: each value's own read says so
             return None
         flat = FlatReader.compile(writer) if reader is None else None
@@ -487,21 +484,23 @@ class Codec:
         return flat
 
     def _decode_avro(self, value: bytes, reader_schema: str | None) -> tuple[Format, Record]:
-        fmt: Format
-        if value[:2] == SINGLE_OBJECT_MAGIC:
-            fmt, header = "avro", value[:_SINGLE_HEADER]
-        elif value[:1] == CONFLUENT_MAGIC:
-            fmt, header = "confluent", value[:_CONFLUENT_HEADER]
+        framing = _framing_of(value)
+        if framing is not None:
+            fmt, header = framing
         elif not value:
             raise EmptyValueError("the value is empty")
         elif value == SINGLE_OBJECT_MAGIC[:1]:
             raise TruncatedAvroError("the single-object header needs 10 bytes")
         else:
             raise BadMagicError(f"first byte 0x{value[0]:02x} starts neither Avro nor JSON")
+        writer, reader, name = self._planned(header, reader_schema)
+        return fmt, _read(value, len(header), writer, reader, name)
+
+    def _planned(self, header: bytes, reader_schema: str | None) -> _Plan:
+        """The cached reading plan of ``header`` (writer, reader, name), made on first use."""
         plans = self._plans.get(reader_schema)
         plan = None if plans is None else plans.get(header)
-        writer, reader, name = plan if plan is not None else self._plan(header, reader_schema)
-        return fmt, _read(value, len(header), writer, reader, name)
+        return plan if plan is not None else self._plan(header, reader_schema)
 
     def _plan(self, header: bytes, reader_schema: str | None) -> _Plan:
         if header[:1] == CONFLUENT_MAGIC:
@@ -522,6 +521,15 @@ class Codec:
         same = reader is None or reader.fingerprint == writer.fingerprint
         plan = (writer.reading, None if same else cast(AvroSchema, reader).reading, writer.name)
         return _put(self._plans.setdefault(reader_schema, {}), header, plan)
+
+
+def _framing_of(value: bytes) -> tuple[Format, bytes] | None:
+    """An Avro value's framing and header (single-object or Confluent), or None."""
+    if value[:2] == SINGLE_OBJECT_MAGIC:
+        return "avro", value[:_SINGLE_HEADER]
+    if value[:1] == CONFLUENT_MAGIC:
+        return "confluent", value[:_CONFLUENT_HEADER]
+    return None
 
 
 def _load_shipped() -> None:

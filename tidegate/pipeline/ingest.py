@@ -17,7 +17,7 @@ from operator import itemgetter
 import msgspec
 import numpy as np
 
-from tidegate.batches import Batch, Fields, field_columns, partition_for
+from tidegate.batches import Batch, Fields, field_columns, partition_for, select_fields
 from tidegate.codec import Codec, Record
 from tidegate.deadletter import Code, DeadLetter, Headers, SourceRecord, header_value
 from tidegate.errors import CodecError, EnvelopeError
@@ -88,29 +88,27 @@ def ingest_batch(
     """
     dead: list[tuple[int, DeadLetter]] = []
     rows, columns = _decoded(records, codec, dead)
+    refused: dict[int, DeadLetter] = {}  # by row of ``columns``; all filtered out once, below
     ids: list[str] = []
     times: list[int] = []
-    kept: list[int] = []
     for row, (event_id, event_time) in enumerate(zip(
             columns.get("event_id") or [None] * len(rows),
             columns.get("event_time") or [None] * len(rows), strict=True)):
         try:
             checked_id, checked_time = _check(event_id, event_time, limits, now_ms)
         except EnvelopeError as exc:
-            dead.append((rows[row], DeadLetter.of(
-                records[rows[row]], stage=STAGE, code=exc.code, error_class=type(exc).__name__,
-                message=str(exc), event_id=exc.event_id)))
-            continue
-        kept.append(row)
+            refused[row] = DeadLetter.of(records[rows[row]], stage=STAGE, code=exc.code,
+                                         error_class=type(exc).__name__, message=str(exc),
+                                         event_id=exc.event_id)
+            checked_id, checked_time = "", 0
         ids.append(checked_id)
         times.append(checked_time)
-    if len(kept) < len(rows):
-        rows, columns = [rows[i] for i in kept], _select(columns, kept)
-    refused = {row: DeadLetter.of(records[rows[row]], stage=STAGE, code=Code.UNENCODABLE,
-                                  error_class=type(error).__name__, message=str(error))
-               for row, error in _unencodable(columns).items()}
+    for row, error in _unencodable(columns).items():
+        refused.setdefault(row, DeadLetter.of(
+            records[rows[row]], stage=STAGE, code=Code.UNENCODABLE,
+            error_class=type(error).__name__, message=str(error)))
     # only an id that is accepted counts as seen: a refused record may come again, corrected
-    checked = [row for row in range(len(ids)) if row not in refused]
+    checked = [row for row in range(len(rows)) if row not in refused]
     repeated = dedupe.seen_many([ids[row] for row in checked], now_ms)
     for row, again in zip(checked, repeated, strict=True):
         source = records[rows[row]]
@@ -124,7 +122,7 @@ def ingest_batch(
         dead.extend((rows[row], letter) for row, letter in refused.items())
         kept = [row for row in range(len(rows)) if row not in refused]
         rows, ids, times = [rows[i] for i in kept], [ids[i] for i in kept], [times[i] for i in kept]
-        columns = _select(columns, kept)
+        columns = select_fields(columns, kept)
     dead.sort(key=itemgetter(0))
     return _batch(records, rows, columns, ids, times, now_ms, partitions), [d for _, d in dead]
 
@@ -157,16 +155,10 @@ def _decoded(records: Sequence[SourceRecord], codec: Codec,
     joined = [row for rows, _ in pieces for row in rows]
     order = np.argsort(np.array(joined), kind="stable").tolist()
     names = dict.fromkeys(name for _, fields in pieces for name in fields)
-    columns: Fields = {}
-    for name in names:
-        values = [value for rows, fields in pieces
-                  for value in (fields.get(name) or [None] * len(rows))]
-        columns[name] = list(map(values.__getitem__, order))
-    return list(map(joined.__getitem__, order)), columns
-
-
-def _select(columns: Fields, rows: list[int]) -> Fields:
-    return {name: list(map(values.__getitem__, rows)) for name, values in columns.items()}
+    end_to_end = {name: [value for rows, fields in pieces
+                         for value in (fields.get(name) or [None] * len(rows))]
+                  for name in names}
+    return list(map(joined.__getitem__, order)), select_fields(end_to_end, order)
 
 
 def _unencodable(columns: Fields) -> dict[int, Exception]:
