@@ -46,7 +46,11 @@ def report() -> dict[str, Any]:
             "low_rate": {"events_per_s": 2_000.0, "events": 40_000, "p50_ms": 40.0,
                          "p95_ms": 70.0, "p99_ms": 90.0, "written_p50_ms": 35.0,
                          "written_p99_ms": 80.0, "send_lag_p50_ms": 0.0, "send_lag_p99_ms": 1.0,
-                         "busy_share": 0.2, "cpu_s": {"ingest": 1.0, "broker": 2.0}},
+                         "busy_share": 0.2, "cpu_s": {"ingest": 1.0, "broker": 2.0},
+                         "hops": {"ingest start": {"events": 40_000, "p50_ms": 21.4,
+                                                   "p99_ms": 48.6},
+                                  "ingest": {"events": 40_000, "p50_ms": 24.0, "p99_ms": 51.0},
+                                  "validation": {"events": 0}}},
             "peak_rss_mb": {"ingest": 131.6, "inference": 213.0},
         },
         "ratios": {"pipeline_over_raw": 7_000 / 120_000, "pipeline_over_ceiling": 0.14},
@@ -80,6 +84,8 @@ def test_the_report_names_every_figure() -> None:
         "Produce 0.050 (350/s)" in text
     assert "events 230/230 B 1.00, predictions 90/180 B 1.00" in text
     assert "pipeline at low:      2,000 events/s: latency p50 40 ms" in text
+    # a hop no event was read at is left out, not shown as zero
+    assert "event time to each hop, p50/p99 ms: ingest start 21/49, ingest 24/51\n" in text
     assert "cores 45% busy" in text
     assert "peak RSS: ingest 132 MB, inference 213 MB" in text
     assert "pipeline/raw 0.06" in text

@@ -27,6 +27,7 @@ import numpy as np
 from confluent_kafka import Consumer, Producer
 from confluent_kafka.admin import AdminClient, NewTopic
 
+from tidegate.cli.hops import hop_ages, hop_line, percentiles
 from tidegate.cli.supervisor import Supervisor
 from tidegate.codec import Codec
 from tidegate.example.stream import example_messages
@@ -304,7 +305,12 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int, half_rate_seco
         latencies = np.array([arrival * 1000 - event_ms for arrival, event_ms in watcher.seen])
         written = np.array(watcher.written[:len(watcher.seen)]) - [ms for _, ms in watcher.seen]
         spent = reading().since(before, prefix)
-        return {"events_per_s": rate, "events": count, "seen": len(latencies), "seconds": took,
+        hops = hop_ages({"bootstrap.servers": bootstrap}, prefix, start_ms=start_ms,
+                        end_ms=start_ms + int(count / rate * 1000) + 1)
+        hops["inference"] = percentiles(written)
+        hops["prediction read"] = percentiles(latencies)
+        return {"hops": hops, "events_per_s": rate, "events": count, "seen": len(latencies),
+                "seconds": took,
                 "p50_ms": float(np.percentile(latencies, 50)),
                 "p95_ms": float(np.percentile(latencies, 95)),
                 "p99_ms": float(np.percentile(latencies, 99)),
@@ -449,6 +455,7 @@ def _latency_line(name: str, run: dict[str, Any]) -> list[str]:
         f"ms; the generator's sends were late by p50 {run['send_lag_p50_ms']:.0f} ms, "
         f"p99 {run['send_lag_p99_ms']:.0f} ms"
         + (f"; cores {run['busy_share']:.0%} busy" if "busy_share" in run else ""),
+        *([hop_line(run["hops"])] if "hops" in run else []),
         f"  cpu per event: {_per_event(run)}",
         *(_broker_lines(run) if "broker" in run else []),
     ]
