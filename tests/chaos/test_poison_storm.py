@@ -74,11 +74,12 @@ def test_a_stage_killed_mid_storm_comes_back_paused_and_a_resume_still_wins(
         pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
     # a wait longer than the restart, so the restarted stage reports its inherited pause before
     # any probe. The guard trips once 400 records of its window are at least half dead letters:
-    # the storm's first 400 trip it; what is left of the storm after that, with the batch the
-    # kill makes the new process read again (at most 150 records), is under half of 400, so it
-    # cannot trip the guard again after the resume, however the good records behind it are
-    # batched (with a minimum of 200, a remainder of 128 and a first batch of 72 to 128 good
-    # records did trip it, and the good records then waited out the 60 s)
+    # the storm's first 400 trip it, and the paused reader commits them at once; what is left
+    # of the storm, with the batch the kill makes the new process read again (at most 150
+    # records), is under half of 400, so it cannot trip the guard again after the resume,
+    # however the good records behind it are batched. (When the pause waited for the commit
+    # interval, a kill inside it made the new process read up to 300 storm records again,
+    # which tripped the guard after the resume, and the good records waited out the 60 s.)
     monkeypatch.setenv("TIDEGATE_DEAD_LETTER_RATE_WAIT", "60")
     monkeypatch.setenv("TIDEGATE_DEAD_LETTER_RATE_MINIMUM", "400")
     monkeypatch.setenv("TIDEGATE_BATCH_SIZE", "100")

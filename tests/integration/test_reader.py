@@ -217,6 +217,29 @@ def test_commits_are_deferred_by_the_interval_and_flushed_on_close(
     asyncio.run(scenario())
 
 
+def test_pausing_commits_the_delivered_batches_at_once(kafka: Cluster, prefix: str) -> None:
+    config, topic, group = _topic(kafka, prefix + "paused", records=30)
+
+    async def scenario() -> None:
+        reader = BatchReader(config, topic=topic, group=group, commit_interval=30)
+        try:
+            first = await _first_batch(reader, 10)
+            reader.commit(first)  # at once: the first
+            _wait_committed(config, group, topic, {0: 10})
+            second = await reader.next_batch(10, 5.0, 0.5)
+            reader.commit(second)  # deferred by the interval ...
+            await asyncio.sleep(1.0)
+            assert _committed(config, group, topic, [0]) == {0: 10}
+            reader.pause()  # ... until the stage pauses
+            _wait_committed(config, group, topic, {0: 20})
+            reader.pause()  # still paused: nothing new to commit, nothing sent
+            assert await reader.next_batch(10, 0.5, 0.0) == []
+        finally:
+            reader.close()
+
+    asyncio.run(scenario())
+
+
 def test_interval_zero_commits_every_delivered_batch(kafka: Cluster, prefix: str) -> None:
     config, topic, group = _topic(kafka, prefix + "eager", records=30)
 

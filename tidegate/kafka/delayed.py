@@ -151,11 +151,13 @@ class DelayedReader:
         return self._consumer.consumer_group_metadata()
 
     def pause(self) -> None:
-        """Hand out nothing (the stage is paused); keeps the group membership."""
+        """Hand out nothing (the stage is paused); keeps the group membership. Commits what
+        was delivered at once, as ``BatchReader.pause`` does."""
         if not self._paused:
             assigned = self._consumer.assignment()
             if assigned:
                 self._consumer.pause(assigned)
+            self._pending.now()
             self._paused = True
 
     def resume(self) -> None:

@@ -130,6 +130,11 @@ class PendingCommits:
 
     def due(self) -> None:
         if self._offsets and time.monotonic() >= self._next:
+            self.now()
+
+    def now(self) -> None:
+        """Commit what was delivered at once, asynchronously, whatever the interval."""
+        if self._offsets:
             self._next = time.monotonic() + self._interval
             self._consumer.commit(offsets=self._take(None), asynchronous=True)
 
@@ -292,10 +297,18 @@ class BatchReader:
         return self._consumer.consumer_group_metadata()
 
     def pause(self) -> None:
-        """Stop fetching from every assigned partition, newly assigned ones included."""
+        """Stop fetching from every assigned partition, newly assigned ones included.
+
+        Pausing commits what was delivered at once rather than at the next interval: a paused
+        stage (a poison storm's guard, an operator) may be killed before it reads again, and
+        its successor would then repeat the batches of the last interval, the storm's among
+        them, enough to trip the guard again after the operator resumed it.
+        """
         assigned = self._consumer.assignment()
         if assigned:
             self._consumer.pause(assigned)
+        if not self._paused:
+            self._pending.now()
         self._paused = True
 
     def resume(self) -> None:
