@@ -94,6 +94,7 @@ class Settings(BaseSettings):
     batch_size: int = Field(default=2000, ge=1, le=100_000)
     batch_within: float = Field(default=0.05, gt=0, le=10)
     batch_linger: float = Field(default=0.04, ge=0, le=10)
+    hop_linger: float = Field(default=0.004, ge=0, le=10)
     health_interval: float = Field(default=2.0, gt=0, le=60)
     delivery_deadline: float = Field(default=60.0, gt=0)
     status_host: str = "127.0.0.1"

@@ -18,13 +18,17 @@ def test_the_input_topic_is_read_in_events_and_waits_for_the_batch_to_fill() -> 
 
 
 @pytest.mark.parametrize("key", ["ingested", "validated", "features"])
-def test_internal_topics_are_read_in_batch_messages_without_waiting_for_more(key: str) -> None:
+def test_internal_topics_are_read_in_batch_messages_gathering_an_upstream_batch(key: str) -> None:
     settings = Settings(batch_size=2000, batch_linger=0.04)
     topic = by_key(key)
-    assert (batch_messages(settings, topic), read_linger(settings, topic)) == (8, 0.0)
+    # a moment, for the other partitions' messages of the same upstream batch
+    assert (batch_messages(settings, topic), read_linger(settings, topic)) == (8, 0.004)
+    assert read_linger(Settings(hop_linger=0.0), topic) == 0.0  # take what has arrived
     assert batch_messages(Settings(batch_size=10), topic) == 1  # never none
 
 
 def test_a_negative_linger_is_refused() -> None:
     with pytest.raises(ValueError, match="batch_linger"):
         Settings(batch_linger=-0.1)
+    with pytest.raises(ValueError, match="hop_linger"):
+        Settings(hop_linger=-0.1)
