@@ -141,10 +141,16 @@ class DelayedReader:
 
     def commit(self, events: Sequence[ReaderEvent]) -> None:
         """Commit past every record of a delivered batch (at most every ``commit_interval``)."""
-        offsets = [tp for tp in self.next_offsets(events) if (tp.topic, tp.partition)
-                   in self._owned]
-        self._pending.add(offsets)
-        self._pending.due()
+        self.commit_offsets(self.next_offsets(events))
+
+    def commit_offsets(self, offsets: Sequence[TopicPartition], *, at_once: bool = False
+                       ) -> None:
+        """Commit these delivered offsets: at the next interval, or ``at_once``."""
+        self._pending.add([tp for tp in offsets if (tp.topic, tp.partition) in self._owned])
+        if at_once:
+            self._pending.now()
+        else:
+            self._pending.due()
 
     def group_metadata(self) -> Any:
         """The consumer group's metadata, for committing offsets inside a transaction."""

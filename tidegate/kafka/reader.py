@@ -285,14 +285,21 @@ class BatchReader:
         A commit per batch made offset commits about a sixth of the broker's work; a crash now
         repeats at most the last interval's events, which at-least-once allows.
         """
-        offsets = self.next_offsets(events)
+        self.commit_offsets(self.next_offsets(events))
+
+    def commit_offsets(self, offsets: Sequence[TopicPartition], *, at_once: bool = False
+                       ) -> None:
+        """Commit these delivered offsets: at the next interval, or ``at_once``."""
         if offsets:
             # a partition revoked while the batch was read now belongs to another reader:
             # committing its offset could move that reader's position backwards
             offsets = [tp for tp in offsets if tp.partition in self._owned]
             self.delivered(offsets)
             self._pending.add(offsets)
-        self._pending.due()
+        if at_once:
+            self._pending.now()
+        else:
+            self._pending.due()
 
     def group_metadata(self) -> Any:
         """The consumer group's metadata, for committing offsets inside a transaction."""

@@ -4,7 +4,9 @@ One object per processing guarantee, behind one call, ``commit(outgoing, events)
 
 - :class:`AtLeastOnce` produces the outputs, awaits every broker ack (retrying with backoff
   inside the delivery deadline), then commits the input offsets. A crash in between repeats
-  the batch; its event ids make the repeats removable.
+  the batch; its event ids make the repeats removable. With deferred state (the feature
+  stage's account store) it holds the offsets instead, and once per interval (``settle``)
+  writes the state the held batches changed, awaits its acks, then commits them.
 - :class:`ExactlyOnce` commits the outputs and the input offsets in one Kafka transaction.
 
 Output that cannot be delivered ends the process without committing (:func:`exit_undeliverable`,
@@ -20,7 +22,8 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from typing import Any, NoReturn, Protocol
 
 from confluent_kafka import TopicPartition
@@ -29,8 +32,8 @@ from tidegate.kafka.transactions import TransactionalOutbox
 from tidegate.outputs import Outgoing, messages
 from tidegate.retry import RetryState, retry_async, stop_before_delay, wait_exponential_jitter
 
-__all__ = ["EXIT_DELIVERY", "AtLeastOnce", "Checkpoint", "ExactlyOnce", "Offsets", "Send",
-           "deliver", "exit_undeliverable"]
+__all__ = ["EXIT_DELIVERY", "AtLeastOnce", "Checkpoint", "Deferred", "ExactlyOnce", "Offsets",
+           "Send", "deliver", "exit_undeliverable"]
 
 log = logging.getLogger(__name__)
 
@@ -47,13 +50,25 @@ class Offsets(Protocol):
 
     def commit(self, events: Sequence[Any]) -> None: ...
 
+    def commit_offsets(self, offsets: Sequence[TopicPartition], *, at_once: bool = False
+                       ) -> None: ...
+
     def group_metadata(self) -> Any: ...
+
+
+class Deferred(Protocol):
+    """State whose writes wait for the checkpoint: ``ChangelogStore(defer=True)``."""
+
+    def unwritten(self) -> list[Outgoing]: ...
 
 
 class Checkpoint(Protocol):
     """Delivers a batch's outputs and commits its input, or ends the process trying."""
 
     async def commit(self, outgoing: Sequence[Outgoing], events: Sequence[Any]) -> None: ...
+
+    async def settle(self, *, now: bool = False) -> None:
+        """After the batch's staged state counted: finish what waits for it (deferred state)."""
 
 
 def exit_undeliverable(reason: str) -> NoReturn:
@@ -84,15 +99,52 @@ async def deliver(send: Send, outgoing: Sequence[Outgoing], *, deadline: float) 
 
 
 class AtLeastOnce:
-    """Deliver, await the acks, then commit the input offsets (``reader`` None: Faust acks)."""
+    """Deliver, await the acks, then commit the input offsets (``reader`` None: Faust acks).
 
-    def __init__(self, send: Send, reader: Offsets | None, *, deadline: float) -> None:
+    With ``deferred`` state, a batch's offsets are held until ``settle`` has written the state
+    (at most every ``interval`` seconds, or ``now``): state first, then the offsets, so a
+    committed offset never runs ahead of the state its events made.
+    """
+
+    def __init__(self, send: Send, reader: Offsets | None, *, deadline: float,
+                 deferred: Deferred | None = None, interval: float = 0.5) -> None:
         self.send, self.reader, self.deadline = send, reader, deadline
+        self.deferred, self.interval = deferred, interval
+        self._held: dict[tuple[str, int], int] = {}
+        self._next = 0.0
 
     async def commit(self, outgoing: Sequence[Outgoing], events: Sequence[Any]) -> None:
         await deliver(self.send, outgoing, deadline=self.deadline)
-        if self.reader is not None:
+        if self.reader is None:
+            return
+        if self.deferred is None:
             self.reader.commit(events)  # records the positions too
+            return
+        offsets = self.reader.next_offsets(events)
+        self.reader.delivered(offsets)
+        self._held.update(((tp.topic, tp.partition), tp.offset) for tp in offsets)
+
+    async def settle(self, *, now: bool = False) -> None:
+        """Write the deferred state and commit the held offsets, when due (or ``now``)."""
+        if self.deferred is None or self.reader is None:
+            return
+        if not now and time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self.interval
+        writes = self.deferred.unwritten()
+        if writes:
+            await deliver(self.send, writes, deadline=self.deadline)
+        held, self._held = self._held, {}
+        if held:
+            self.reader.commit_offsets([TopicPartition(topic, partition, offset)
+                                        for (topic, partition), offset in held.items()],
+                                       at_once=True)
+
+    def forget(self, partitions: Iterable[int]) -> None:
+        """Drop the held offsets of revoked input partitions (their state is dropped too: the
+        next owner repeats those batches from the state last written)."""
+        gone = set(partitions)
+        self._held = {key: offset for key, offset in self._held.items() if key[1] not in gone}
 
 
 class ExactlyOnce:
@@ -109,3 +161,6 @@ class ExactlyOnce:
         except Exception as exc:  # noqa: BLE001 -- nothing committed: restart and read again
             exit_undeliverable(f"transaction not committed ({exc})")
         self.reader.delivered(offsets)
+
+    async def settle(self, *, now: bool = False) -> None:
+        """Nothing waits: state rides in each batch's transaction."""

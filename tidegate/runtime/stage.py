@@ -42,7 +42,7 @@ from tidegate.models.faults import PartitionFreeze
 from tidegate.outputs import Handler, Outgoing, Staged, messages
 from tidegate.runtime.app import create_app, input_group
 from tidegate.runtime.backpressure import LagProbe
-from tidegate.runtime.checkpoint import AtLeastOnce, Checkpoint, ExactlyOnce, deliver
+from tidegate.runtime.checkpoint import AtLeastOnce, Checkpoint, Deferred, ExactlyOnce, deliver
 from tidegate.runtime.handling import Handling
 from tidegate.runtime.metrics import StageMetrics
 from tidegate.runtime.steering import Received, Steering, refusal_audit
@@ -238,37 +238,51 @@ class StageRuntime:
 
     def consume(self, handler: Handler, *, name: str, state: Sequence[Staged] = (),
                 on_assign: Callable[[list[int]], None] | None = None,
-                on_revoke: Callable[[list[int]], None] | None = None) -> None:
+                on_revoke: Callable[[list[int]], None] | None = None,
+                deferred: Deferred | None = None) -> None:
         """Run ``handler`` over the stage's input with the configured reader.
 
         ``state`` is what the handler stages until its batch is delivered (see ``Staged``);
-        ``on_assign`` and ``on_revoke`` hear the input partitions the reader gains and loses.
+        ``on_assign`` and ``on_revoke`` hear the input partitions the reader gains and loses;
+        ``deferred`` is state whose writes the checkpoint makes before committing (at least
+        once, librdkafka reader only).
         """
         if self.settings.reader == "librdkafka":
             self.read_batches(handler, name=name, state=state, on_assign=on_assign,
-                              on_revoke=on_revoke)
+                              on_revoke=on_revoke, deferred=deferred)
         else:
             self.run_batches(handler, name=name, state=state)
 
     def read_batches(self, handler: Handler, *, name: str, state: Sequence[Staged] = (),
                      on_assign: Callable[[list[int]], None] | None = None,
-                     on_revoke: Callable[[list[int]], None] | None = None) -> None:
+                     on_revoke: Callable[[list[int]], None] | None = None,
+                     deferred: Deferred | None = None) -> None:
         """Run ``handler`` over micro-batches of the input read by librdkafka (``BatchReader``).
 
         Faust hands an agent one message at a time; this takes a whole batch in one call. The
-        checkpoint ends each batch: at least once, offsets are committed after delivery; exactly
-        once, outputs and offsets commit in one transaction (``tidegate.runtime.checkpoint``).
+        checkpoint ends each batch: at least once, offsets are committed after delivery (after
+        the ``deferred`` state's writes, once per commit interval); exactly once, outputs and
+        offsets commit in one transaction (``tidegate.runtime.checkpoint``).
         """
         group = input_group(self.stage, self.settings)
         self._handle_with(state, topic=self.source.get_topic_name(), group=group)
+        at_least_once: AtLeastOnce | None = None
+
+        def revoked(partitions: list[int]) -> None:
+            if at_least_once is not None:
+                at_least_once.forget(partitions)
+            if on_revoke is not None:
+                on_revoke(partitions)
+
         reader = BatchReader(client_config(self.settings,
                                            **hop_fetch(self.topics.source.internal)),
                              topic=self.source.get_topic_name(), group=group,
-                             on_assign=on_assign, on_revoke=on_revoke,
+                             on_assign=on_assign, on_revoke=revoked,
                              hold=PartitionFreeze.from_settings(self.settings, self.stage))
         self._reader = reader
-        checkpoint: Checkpoint = AtLeastOnce(self._send, reader,
-                                             deadline=self.settings.delivery_deadline)
+        at_least_once = AtLeastOnce(self._send, reader, deadline=self.settings.delivery_deadline,
+                                    deferred=None if self.settings.exactly_once else deferred)
+        checkpoint: Checkpoint = at_least_once
         if self.settings.exactly_once:
             checkpoint = ExactlyOnce(TransactionalOutbox(
                 client_config(self.settings), transactional_id=f"{group}-{self.settings.worker}",
@@ -298,12 +312,18 @@ class StageRuntime:
                     events = await reader.next_batch(size, within, linger)
                     if events:
                         await self._process(handler, events, checkpoint)
+                    else:
+                        await checkpoint.settle()  # idle: deferred state is written all the same
                     if retries is not None and retried is not None:
                         # never waits: a record not due yet waits in Kafka, not in this loop
                         due = await retries.next_due(size)
                         if due:
                             await self._process(handler, due, retried)
             finally:
+                try:
+                    await checkpoint.settle(now=True)
+                except Exception:  # stopping all the same: the next owner repeats those batches
+                    log.exception("could not write the deferred state before stopping")
                 reader.close()
                 if retries is not None:
                     retries.close()
@@ -334,6 +354,7 @@ class StageRuntime:
             assert self._handling is not None
             for staged in self._handling.staged:
                 staged.commit()
+            await checkpoint.settle()
             self.metrics.record_timing(len(events), handled - began,
                                        time.perf_counter() - handled)
             traced.finish(records_in=totals["in"] - records, records_out=totals["out"] - out,

@@ -7,9 +7,16 @@ offset is committed, and in exactly-once mode they ride in the batch's transacti
 partition is assigned, its state is restored by reading that changelog partition from the start
 (committed records only); when it is revoked, its state is dropped.
 
+With ``defer`` (at least once), a key's new value is not written with every batch that changes
+it: ``unwritten`` gives the latest value of each key changed since it was last called, and the
+checkpoint writes those before it commits the input offsets of the batches that made them
+(``tidegate.runtime.checkpoint.AtLeastOnce``), once per commit interval. A crash before that
+repeats those batches from the state last written. At 10,000 events/s over 2,000 accounts a
+batch-by-batch changelog took 0.73 state records per event, the largest topic by bytes.
+
 Memory is bounded: at most ``max_keys`` keys across partitions, the least recently used evicted
 first (an evicted account's next event is scored with imputed values and flagged ``no_state``,
-the same as a new account).
+the same as a new account); values not written yet are kept until they are.
 
 Example::
 
@@ -17,6 +24,8 @@ Example::
     store.restore([0, 1])                          # on assignment; forget() on revocation
     state = store.get(0, "acct-1")
     outgoing = store.put(0, "acct-1", {"n": 3})   # produce with the batch's outputs
+    # or, with defer=True: put() returns None, and after the batches are delivered
+    writes = store.unwritten()                     # produce before committing their offsets
 """
 
 from __future__ import annotations
@@ -31,7 +40,7 @@ from typing import Any
 from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, TopicPartition
 
 from tidegate.kafka.clients import CONSUMER_DEFAULTS
-from tidegate.outputs import Pending
+from tidegate.outputs import Outgoing, Pending
 from tidegate.settings import ClientConfig
 
 __all__ = ["ChangelogStore", "StateWrite"]
@@ -54,7 +63,7 @@ class ChangelogStore:
 
     def __init__(self, config: ClientConfig, *, topic: str, max_keys: int = 200_000,
                  restore_timeout: float = 60.0, encode: Callable[[Any], bytes] = _json,
-                 decode: Callable[[bytes], Any] = json.loads) -> None:
+                 decode: Callable[[bytes], Any] = json.loads, defer: bool = False) -> None:
         self.topic = topic
         self._encode, self._decode = encode, decode
         self._config = config
@@ -62,6 +71,8 @@ class ChangelogStore:
         self._restore_timeout = restore_timeout
         self._values: OrderedDict[tuple[int, str], Any] = OrderedDict()
         self._pending: Pending[tuple[int, str], Any] = Pending()
+        self.defer = defer
+        self._unwritten: dict[tuple[int, str], Any] = {}  # committed, not in the changelog yet
         self.partitions: set[int] = set()
 
     def __len__(self) -> int:
@@ -77,13 +88,16 @@ class ChangelogStore:
             self._values.move_to_end(where)
         return value
 
-    def put(self, partition: int, key: str, value: Any) -> StateWrite:
-        """Stage ``key``'s new value; returns the changelog write to produce with the outputs.
+    def put(self, partition: int, key: str, value: Any) -> StateWrite | None:
+        """Stage ``key``'s new value; returns the changelog write to produce with the outputs,
+        or None when the write is deferred (``unwritten``).
 
         Staged (``tidegate.outputs.Staged``): it counts once the batch is delivered (``commit``),
         so a batch retried message by message does not apply its events twice.
         """
         self._pending.call[(partition, key)] = value
+        if self.defer:
+            return None
         return self.topic, key.encode(), self._encode(value), partition
 
     def keep(self) -> None:
@@ -96,6 +110,14 @@ class ChangelogStore:
         for (partition, key), value in self._pending.take().items():
             if partition in self.partitions:  # not revoked meanwhile
                 self._set(partition, key, value)
+                if self.defer:
+                    self._unwritten[(partition, key)] = value
+
+    def unwritten(self) -> list[Outgoing]:
+        """The changelog writes owed (deferred mode): each changed key's latest value, once."""
+        owed, self._unwritten = self._unwritten, {}
+        return [Outgoing(topic=self.topic, key=key.encode(), value=self._encode(value),
+                         partition=partition) for (partition, key), value in owed.items()]
 
     def _set(self, partition: int, key: str, value: Any) -> None:
         self._values[(partition, key)] = value
@@ -115,6 +137,8 @@ class ChangelogStore:
         self.partitions -= gone
         for key in [k for k in self._values if k[0] in gone]:
             del self._values[key]
+        for key in [k for k in self._unwritten if k[0] in gone]:  # the next owner repeats them
+            del self._unwritten[key]
 
     def restore(self, partitions: Iterable[int]) -> None:
         """Read each partition's changelog from the start to its end (committed records)."""
