@@ -278,10 +278,12 @@ class StageRuntime:
                                            **hop_fetch(self.topics.source.internal)),
                              topic=self.source.get_topic_name(), group=group,
                              on_assign=on_assign, on_revoke=revoked,
-                             hold=PartitionFreeze.from_settings(self.settings, self.stage))
+                             hold=PartitionFreeze.from_settings(self.settings, self.stage),
+                             commit_interval=self.settings.commit_interval)
         self._reader = reader
         at_least_once = AtLeastOnce(self._send, reader, deadline=self.settings.delivery_deadline,
-                                    deferred=None if self.settings.exactly_once else deferred)
+                                    deferred=None if self.settings.exactly_once else deferred,
+                                    interval=self.settings.commit_interval)
         checkpoint: Checkpoint = at_least_once
         if self.settings.exactly_once:
             checkpoint = ExactlyOnce(TransactionalOutbox(
@@ -339,7 +341,8 @@ class StageRuntime:
             return None
         return DelayedReader(client_config(self.settings, **hop_fetch(internal=True)),
                              topics=[self.name(spec) for spec in self.topics.retry],
-                             group=f"{group.removesuffix('-input')}-retry")
+                             group=f"{group.removesuffix('-input')}-retry",
+                             commit_interval=self.settings.commit_interval)
 
     async def _process(self, handler: Handler, events: Sequence[Any],
                        checkpoint: Checkpoint) -> None:
