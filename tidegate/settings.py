@@ -95,7 +95,7 @@ class Settings(BaseSettings):
     batch_within: float = Field(default=0.05, gt=0, le=10)
     batch_linger: float = Field(default=0.04, ge=0, le=10)
     hop_linger: float = Field(default=0.004, ge=0, le=10)
-    commit_interval: float = Field(default=0.5, ge=0, le=60)
+    commit_interval: float = Field(default=0.5, ge=0, le=3600)
     health_interval: float = Field(default=2.0, gt=0, le=60)
     delivery_deadline: float = Field(default=60.0, gt=0)
     status_host: str = "127.0.0.1"

@@ -1,5 +1,6 @@
 """The feature stage's account state on the real broker: written to its changelog once per commit
-interval (not with every batch), and there for the next process after a kill."""
+interval (not with every batch), the input offsets held until it is, so a killed process's
+successor rebuilds it from the input and a stopped one's finds it in the changelog."""
 
 from __future__ import annotations
 
@@ -10,10 +11,12 @@ import pytest
 from tests.integration.pipeline import (
     cluster_config,
     produce,
+    read_outputs,
     read_predictions,
     running_pipeline,
     wait_until_healthy,
 )
+from tidegate.cli.supervisor import Supervisor
 from tidegate.example.stream import example_messages
 from tidegate.kafka.scan import read_topic
 from tidegate.settings import Settings
@@ -39,12 +42,23 @@ def _changelog_keys(settings: Settings) -> list[bytes]:
                                                ACCOUNT_TOPIC.name(settings.topic_prefix))]
 
 
-def test_a_killed_feature_stage_leaves_its_accounts_state_for_the_next_process(
+def _restarted(supervisor: Supervisor, name: str, before: int, timeout: float = 60.0) -> None:
+    """Wait until ``name`` runs again in a process other than ``before``."""
+    deadline = time.monotonic() + timeout
+    while True:
+        supervisor.poll()
+        process = supervisor.children[name].process
+        if process is not None and process.pid != before:
+            return
+        assert time.monotonic() < deadline, f"{name} was not restarted"
+        time.sleep(0.3)
+
+
+def test_state_is_written_once_per_interval_rebuilt_after_a_kill_and_kept_by_a_stop(
         pipeline_settings: Settings, monkeypatch: pytest.MonkeyPatch) -> None:
-    # one write of the state right after the first batch, the next one 10 s later: the first
-    # events are all processed by then, so each account is written at most twice (written with
-    # every batch, as before, the same events made over 200 state records)
-    monkeypatch.setenv("TIDEGATE_COMMIT_INTERVAL", "10")
+    # an interval longer than the test: state is written (and the offsets behind it committed)
+    # only when the stage stops cleanly
+    monkeypatch.setenv("TIDEGATE_COMMIT_INTERVAL", "600")
     first = list(example_messages(400, seed=71, json_share=0.0, accounts=ACCOUNTS))
     second = list(example_messages(200, seed=72, json_share=0.0, accounts=ACCOUNTS))
     with running_pipeline(pipeline_settings) as supervisor:
@@ -53,26 +67,32 @@ def test_a_killed_feature_stage_leaves_its_accounts_state_for_the_next_process(
         scored = _predictions_for(pipeline_settings, {m.event_id for m in first})
         assert {m.event_id for m in first} <= set(scored), "the first events were not scored"
         known = {str(p["account_id"]) for p in scored.values()}
-        # the stage goes idle: within a commit interval it writes each changed account once
-        deadline = time.monotonic() + 60
-        while {k.decode() for k in _changelog_keys(pipeline_settings)} < known:
-            assert time.monotonic() < deadline, "the idle stage never wrote its state"
-            time.sleep(0.5)
-        written = _changelog_keys(pipeline_settings)
+        early = _changelog_keys(pipeline_settings)
+        # written with every batch, as before, these events made about 200 state records
+        assert len(early) == len(set(early)), "an account's state was written twice"
         feature = supervisor.children["feature"].process
         assert feature is not None
-        feature.kill()  # no goodbye: only what the changelog holds survives
+        feature.kill()  # no goodbye: its state was not written, nor its offsets committed
         feature.wait(10)
+        _restarted(supervisor, "feature", feature.pid)
+        # the new process reads the first events again and rebuilds the state from them
+        deadline = time.monotonic() + 120
+        while sum(n >= 2 for n in read_outputs(pipeline_settings).predictions.values()) \
+                < len(first) / 2:
+            assert time.monotonic() < deadline, "the held batches were not read again"
+            supervisor.poll()
+            time.sleep(0.5)
+        stopping = supervisor.children["feature"].process
+        assert stopping is not None
+        supervisor.restart("feature", "test: a clean stop", grace=30)  # SIGTERM: writes it
+        _restarted(supervisor, "feature", stopping.pid)
+        written = _changelog_keys(pipeline_settings)[len(early):]
+        assert {k.decode() for k in written} >= known, "the stopping stage did not write it"
+        assert len(written) == len(set(written)), "an account's state was written twice"
         produce(pipeline_settings, second)
         wanted = {m.event_id for m in second}
-        deadline = time.monotonic() + 120
-        while not wanted <= set(_predictions_for(pipeline_settings, wanted, timeout=1.0)):
-            assert time.monotonic() < deadline, "the restarted feature stage scored nothing"
-            supervisor.poll()  # restarts the killed stage
-            time.sleep(0.5)
         after = _predictions_for(pipeline_settings, wanted)
-    # one record per changed account and interval, not one per account and batch
-    assert len(written) <= 2 * ACCOUNTS, f"{len(written)} state records for {len(first)} events"
+        assert wanted <= set(after), "the restarted feature stage did not score"
     repeat = [after[str(m.event_id)] for m in second
               if str(after[str(m.event_id)]["account_id"]) in known]
     assert repeat, "the second events share no account with the first"
