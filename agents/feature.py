@@ -67,9 +67,10 @@ def build(settings: Settings) -> StageRuntime:
                        records_out=len(featured), latencies_ms=featured.ages_ms(),
                        traceparents=batch.traceparents)
 
-    if isinstance(accounts, ChangelogStore):  # state and changelog delivered with the batch
+    if isinstance(accounts, ChangelogStore):  # the changelog written before the offsets commit
         runtime.consume(featurize_events, name="featurize_events", state=[accounts],
-                        on_assign=accounts.restore, on_revoke=accounts.forget)
+                        on_assign=accounts.restore, on_revoke=accounts.forget,
+                        deferred=accounts if accounts.defer else None)
     else:
         runtime.consume(featurize_events, name="featurize_events")
     return runtime
@@ -102,14 +103,16 @@ class _TableStore:
 def _account_store(runtime: StageRuntime) -> AccountStore:
     """Per-account state: a changelog store with the librdkafka reader, else a Faust table.
 
-    The librdkafka reader's store writes its changelog as outputs of the batch, so state is
-    delivered before the offset commit, and in exactly-once mode inside the transaction.
+    The librdkafka reader's store writes its changelog before the input offsets are committed:
+    at least once, each changed account's latest state once per commit interval (deferred); in
+    exactly-once mode as outputs of the batch, inside its transaction.
     """
     settings = runtime.settings
     if settings.reader == "librdkafka":
         return ChangelogStore(client_config(settings), topic=runtime.name(ACCOUNTS),
                               max_keys=settings.feature_state_max_accounts,
-                              encode=encode_state, decode=decode_state)
+                              encode=encode_state, decode=decode_state,
+                              defer=not settings.exactly_once)
     return _TableStore(runtime.app.Table(
         "accounts", default=None,
         schema=faust.Schema(key_type=str, key_serializer="raw", value_serializer="json"),
