@@ -112,6 +112,13 @@ Partitions = Callable[[list[int]], None]
 QUEUED_MIN_MESSAGES = 10_000  # librdkafka's default, 100,000, costs about 60 MiB more
 
 
+def _report_commit(error: Any, partitions: list[TopicPartition]) -> None:
+    """Log an offset commit the broker refused: its records are read again after a restart."""
+    if error is not None:
+        log.warning("offset commit failed (%s): %s", error, ", ".join(
+            f"{tp.topic}[{tp.partition}]@{tp.offset}" for tp in partitions))
+
+
 class PendingCommits:
     """Offsets a reader delivered and has not committed yet, by (topic, partition).
 
@@ -192,6 +199,7 @@ class BatchReader:
             "queued.min.messages": QUEUED_MIN_MESSAGES,
             # a killed worker's partitions move to its replacement after 10 s, not 45
             "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
+            "on_commit": _report_commit,
             **config, "group.id": group,
         })
         self._on_assign, self._on_revoke = on_assign, on_revoke
