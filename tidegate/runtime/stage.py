@@ -282,7 +282,7 @@ class StageRuntime:
                              commit_interval=self.settings.commit_interval)
         self._reader = reader
         at_least_once = AtLeastOnce(self._send, reader, deadline=self.settings.delivery_deadline,
-                                    deferred=None if self.settings.exactly_once else deferred,
+                                    deferred=deferred,  # the store defers at least once only
                                     interval=self.settings.commit_interval)
         checkpoint: Checkpoint = at_least_once
         if self.settings.exactly_once:
