@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from confluent_kafka import KafkaError, TopicPartition
 
-from tidegate.kafka.reader import _report_commit, batch_messages, read_linger
+from tidegate.kafka.reader import batch_messages, read_linger
 from tidegate.settings import Settings
 from tidegate.topics import by_key
 
@@ -34,14 +33,3 @@ def test_a_negative_linger_is_refused() -> None:
     with pytest.raises(ValueError, match="hop_linger"):
         Settings(hop_linger=-0.1)
 
-
-def test_a_refused_offset_commit_is_logged_with_its_partitions(
-        caplog: pytest.LogCaptureFixture) -> None:
-    with caplog.at_level("WARNING", logger="tidegate.kafka.reader"):
-        _report_commit(None, [TopicPartition("t.ingested", 0, 5)])
-        assert not caplog.records
-        _report_commit(KafkaError(KafkaError.REBALANCE_IN_PROGRESS),
-                       [TopicPartition("t.ingested", 2, 41), TopicPartition("t.ingested", 3, 7)])
-    assert len(caplog.records) == 1
-    assert "offset commit failed" in caplog.text
-    assert "t.ingested[2]@41, t.ingested[3]@7" in caplog.text

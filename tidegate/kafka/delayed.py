@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -29,7 +30,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, TopicPartition
 
 from tidegate.kafka.clients import CONSUMER_DEFAULTS
-from tidegate.kafka.reader import PendingCommits, ReaderEvent
+from tidegate.kafka.reader import PendingCommits, ReaderEvent, report_commit
 from tidegate.redelivery import due_ms_of
 from tidegate.settings import ClientConfig
 
@@ -52,6 +53,7 @@ class DelayedReader:
             "isolation.level": "read_committed",
             "queued.max.messages.kbytes": prefetch_kbytes,
             "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
+            "on_commit": report_commit,
             **config, "group.id": group,
         })
         self.topics = tuple(topics)
@@ -60,6 +62,7 @@ class DelayedReader:
         self._waiting: dict[Key, float] = {}  # paused until this time (s since the epoch)
         self._paused = False  # by the stage (a command, backpressure): nothing is handed out
         self._pending = PendingCommits(self._consumer, interval=commit_interval)
+        self._polling = threading.Lock()  # as BatchReader's: close waits for a running poll
         self._consumer.subscribe(list(self.topics), on_assign=self._assigned,
                                  on_revoke=self._revoked, on_lost=self._lost)
 
@@ -86,6 +89,10 @@ class DelayedReader:
         return await loop.run_in_executor(None, self._take, size)
 
     def _take(self, size: int) -> list[ReaderEvent]:
+        with self._polling:
+            return self._take_due(size)
+
+    def _take_due(self, size: int) -> list[ReaderEvent]:
         now = self._clock()
         self._wake(now)
         messages = self._consumer.consume(size, 0)
@@ -176,5 +183,6 @@ class DelayedReader:
                 self._consumer.resume(ready)
 
     def close(self) -> Any:
-        self._pending.flush()
-        return self._consumer.close()
+        with self._polling:
+            self._pending.flush()
+            return self._consumer.close()

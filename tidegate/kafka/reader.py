@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -31,7 +32,7 @@ from tidegate.topics import TopicSpec
 
 __all__ = [
     "QUEUED_MIN_MESSAGES", "BatchReader", "PendingCommits", "ReaderEvent", "batch_messages",
-    "read_linger",
+    "read_linger", "report_commit",
 ]
 
 log = logging.getLogger(__name__)
@@ -112,7 +113,7 @@ Partitions = Callable[[list[int]], None]
 QUEUED_MIN_MESSAGES = 10_000  # librdkafka's default, 100,000, costs about 60 MiB more
 
 
-def _report_commit(error: Any, partitions: list[TopicPartition]) -> None:
+def report_commit(error: Any, partitions: list[TopicPartition]) -> None:
     """Log an offset commit the broker refused: its records are read again after a restart."""
     if error is not None:
         log.warning("offset commit failed (%s): %s", error, ", ".join(
@@ -126,12 +127,17 @@ class PendingCommits:
     partitions handed to another member (``hand_over``) and when the consumer closes
     (``flush``), so the next owner starts where this one got to. Both readers of a stage, the
     input's and the retry topics', keep their offsets here.
+
+    An asynchronous commit may still be on its way when the consumer closes, and librdkafka
+    does not promise to finish it: so ``flush`` and ``hand_over`` commit again, and wait for,
+    the offsets last sent asynchronously as well as those never sent.
     """
 
     def __init__(self, consumer: Any, *, interval: float) -> None:
         self._consumer = consumer
         self._interval = interval
         self._offsets: dict[tuple[str, int], int] = {}
+        self._sent: dict[tuple[str, int], int] = {}  # last committed asynchronously
         self._next = 0.0
 
     def add(self, offsets: Sequence[TopicPartition]) -> None:
@@ -145,25 +151,34 @@ class PendingCommits:
         """Commit what was delivered at once, asynchronously, whatever the interval."""
         if self._offsets:
             self._next = time.monotonic() + self._interval
+            self._sent.update(self._offsets)
             self._consumer.commit(offsets=self._take(None), asynchronous=True)
 
     def hand_over(self, partitions: Sequence[TopicPartition]) -> None:
         """Commit now what was delivered from ``partitions``, which are leaving this member."""
-        handover = self._take({(tp.topic, tp.partition) for tp in partitions})
+        handover = self._take_final({(tp.topic, tp.partition) for tp in partitions})
         if handover:
             self._commit_now(handover)
 
     def forget(self, partitions: Sequence[TopicPartition]) -> None:
         """Drop the offsets of ``partitions`` (lost: another member may own them already)."""
-        self._take({(tp.topic, tp.partition) for tp in partitions})
+        self._take_final({(tp.topic, tp.partition) for tp in partitions})
 
     def flush(self) -> None:
-        if self._offsets:
-            self._commit_now(self._take(None))
+        final = self._take_final(None)
+        if final:
+            self._commit_now(final)
 
     def _take(self, keys: set[tuple[str, int]] | None) -> list[TopicPartition]:
         picked = [key for key in self._offsets if keys is None or key in keys]
         return [TopicPartition(t, p, self._offsets.pop((t, p))) for t, p in picked]
+
+    def _take_final(self, keys: set[tuple[str, int]] | None) -> list[TopicPartition]:
+        """The newest offset of each partition (``keys``, or all), sent or not, now dropped."""
+        sent = {key: self._sent.pop(key) for key in list(self._sent)
+                if keys is None or key in keys}
+        sent.update(((tp.topic, tp.partition), tp.offset) for tp in self._take(keys))
+        return [TopicPartition(t, p, offset) for (t, p), offset in sent.items()]
 
     def _commit_now(self, offsets: list[TopicPartition]) -> None:
         try:
@@ -199,7 +214,7 @@ class BatchReader:
             "queued.min.messages": QUEUED_MIN_MESSAGES,
             # a killed worker's partitions move to its replacement after 10 s, not 45
             "session.timeout.ms": 10_000, "heartbeat.interval.ms": 2_000,
-            "on_commit": _report_commit,
+            "on_commit": report_commit,
             **config, "group.id": group,
         })
         self._on_assign, self._on_revoke = on_assign, on_revoke
@@ -212,6 +227,9 @@ class BatchReader:
         self._owned: set[int] = set()
         self._paused = False
         self._pending = PendingCommits(self._consumer, interval=commit_interval)
+        # held by the executor thread while it polls: a stage stopped mid-read (its task
+        # cancelled) closes the consumer only once that poll has returned
+        self._polling = threading.Lock()
         self._consumer.subscribe([topic], on_assign=self._assigned, on_revoke=self._revoked,
                                  on_lost=self._lost)
 
@@ -268,10 +286,11 @@ class BatchReader:
         return events
 
     def _take(self, size: int, within: float, linger: float) -> list[Any]:
-        first = self._consumer.poll(within)
-        if first is None:
-            return []
-        return [first, *self._consumer.consume(size - 1, linger)] if size > 1 else [first]
+        with self._polling:
+            first = self._consumer.poll(within)
+            if first is None:
+                return []
+            return [first, *self._consumer.consume(size - 1, linger)] if size > 1 else [first]
 
     def next_offsets(self, events: Sequence[ReaderEvent]) -> list[TopicPartition]:
         """The offsets to commit once ``events`` are delivered: one past each partition's last."""
@@ -347,5 +366,7 @@ class BatchReader:
         return total
 
     def close(self) -> Any:
-        self._pending.flush()
-        return self._consumer.close()
+        """Commit what was delivered, waiting for the broker, then leave the group."""
+        with self._polling:
+            self._pending.flush()
+            return self._consumer.close()
