@@ -51,6 +51,7 @@ def report() -> dict[str, Any]:
                                                    "p99_ms": 48.6},
                                   "ingest": {"events": 40_000, "p50_ms": 24.0, "p99_ms": 51.0},
                                   "validation": {"events": 0}}},
+            "idle_core_share": {"ingest": 0.021, "broker": 0.114},
             "peak_rss_mb": {"ingest": 131.6, "inference": 213.0},
         },
         "ratios": {"pipeline_over_raw": 7_000 / 120_000, "pipeline_over_ceiling": 0.14},
@@ -89,6 +90,13 @@ def test_the_report_names_every_figure() -> None:
     assert "cores 45% busy" in text
     assert "peak RSS: ingest 132 MB, inference 213 MB" in text
     assert "pipeline/raw 0.06" in text
+    assert "idle, share of one core: ingest 2.1%, broker 11.4%" in text
+
+
+def test_a_report_without_the_idle_reading_leaves_its_line_out() -> None:
+    older = report()
+    del older["pipeline"]["idle_core_share"]
+    assert "idle" not in render(older)
 
 
 def test_a_set_latency_rate_is_named_as_such() -> None:

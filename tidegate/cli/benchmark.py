@@ -49,6 +49,7 @@ _TICKS = 100.0  # clock ticks per second in /proc stat files (Linux's USER_HZ)
 # them: compressed and idempotent batches, read-committed fetches, a compacted topic).
 WARM_EVENTS = 2000
 LOW_RATE = 2000.0  # events/s of the second latency run
+IDLE_SECONDS = 10.0  # the idle reading: what the processes spend with no events at all
 LOAD = "load"  # the bench process itself: the load generator and the predictions reader
 # The issue's targets at the maximum rate (CPU per event) and in the latency runs.
 TARGETS = {"broker_us": 25.0, "stages_us": 60.0, "half_p99_ms": 250.0, "low_p99_ms": 100.0,
@@ -329,6 +330,12 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int, half_rate_seco
         load = list(example_messages(events, seed=2, events_per_second=1e6))
         values, keys = [m.value for m in load], [m.key for m in load]
         time.sleep(SETTLE_SECONDS / 3)  # the warm-up's tail: health, commits, cleaning
+        # What no event costs: timers, health events, lag probes, followers' polls. A cost
+        # that grows with batches, not with time, shows as the low-rate run's excess over it.
+        idle = _usage(pids())
+        time.sleep(IDLE_SECONDS)
+        idle_share = {name: (cpu["cpu_s"] - idle[name]["cpu_s"]) / IDLE_SECONDS
+                      for name, cpu in _usage(pids()).items() if name in idle}
         before = reading()
         watcher.seen.clear()
         began = time.time()
@@ -355,6 +362,7 @@ def _pipeline(settings: Settings, bootstrap: str, *, events: int, half_rate_seco
         "max_rate": top,
         "half_rate": half,
         "low_rate": low,
+        "idle_core_share": _per_stage(idle_share, sum),
         "peak_rss_mb": _per_stage({s: usage[s]["peak_rss_mb"] for s in usage
                                    if s not in ("broker", LOAD)}, max),
     }
@@ -554,6 +562,9 @@ def render(report: dict[str, Any]) -> str:
         *(_broker_lines(top) if "broker" in top else []),
         *_latency_line("set" if p["half_rate"].get("given") else "half", p["half_rate"]),
         *(_latency_line("low", p["low_rate"]) if p.get("low_rate") else []),
+        *(["idle, share of one core: " + ", ".join(
+            f"{s} {share:.1%}" for s, share in p["idle_core_share"].items())]
+          if p.get("idle_core_share") else []),
         "peak RSS: " + ", ".join(f"{s} {m:.0f} MB" for s, m in p["peak_rss_mb"].items()),
         f"ratios: pipeline/raw {report['ratios']['pipeline_over_raw']:.2f}, "
         f"pipeline/ceiling {report['ratios']['pipeline_over_ceiling']:.3f}",
