@@ -32,7 +32,8 @@ def build(settings: Settings) -> StageRuntime:
     runtime = StageRuntime(STAGE, settings)
     steering = runtime.follow_control()
     assert runtime.topics.sink is not None
-    sink_name = runtime.name(runtime.topics.sink)
+    sink = runtime.topics.sink
+    sink_name = runtime.name(sink)
     accounts = _account_store(runtime)
 
     async def featurize_events(events: Sequence[Any]) -> Outputs:
@@ -62,7 +63,8 @@ def build(settings: Settings) -> StageRuntime:
                     writes.append(Outgoing(topic=topic, key=key, value=value, partition=partition))
         featured = batch.with_features(features.matrix, features.quality)
         runtime.metrics.extra["accounts"] = str(len(accounts))
-        out = forward(runtime.codec, featured, topic=sink_name, stage=STAGE)
+        out = forward(runtime.codec, featured, topic=sink_name, stage=STAGE,
+                      by_account=sink.by_account)
         return Outputs(out + writes, dead=dead, records_in=len(batch),
                        records_out=len(featured), latencies_ms=featured.ages_ms(),
                        traceparents=batch.traceparents)

@@ -49,6 +49,7 @@ __all__ = [
     "event_letters",
     "field_columns",
     "pack",
+    "pack_whole",
     "partition_for",
     "select_fields",
     "unpack",
@@ -348,6 +349,16 @@ def pack(codec: Codec, batch: Batch, *, stage: str) -> Iterator[tuple[int, bytes
         for start, stop in _chunks(part):
             for message in _encoded(codec, part, start, stop, stage=stage, now=now):
                 yield int(partition), message
+
+
+def pack_whole(codec: Codec, batch: Batch, *, stage: str) -> Iterator[bytes]:
+    """One encoded EventPack message per chunk of the whole ``batch``, whatever the
+    partitions of its events."""
+    if not len(batch):
+        return
+    now = int(time.time() * 1000)
+    for start, stop in _chunks(batch):
+        yield from _encoded(codec, batch, start, stop, stage=stage, now=now)
 
 
 def _chunks(batch: Batch) -> Iterator[tuple[int, int]]:

@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol, TypeVar
 
-from tidegate.batches import Batch, pack
+from tidegate.batches import Batch, pack, pack_whole
 from tidegate.codec import Codec
 from tidegate.deadletter import DeadLetter
 
@@ -60,8 +60,14 @@ class Outputs:
 Handler = Callable[[Sequence[Any]], Awaitable[Outputs]]
 
 
-def forward(codec: Codec, batch: Batch, *, topic: str, stage: str) -> list[Outgoing]:
-    """The internal batch messages that carry ``batch`` to the next stage, one per partition."""
+def forward(codec: Codec, batch: Batch, *, topic: str, stage: str, by_account: bool = True
+            ) -> list[Outgoing]:
+    """The internal batch messages that carry ``batch`` to the next stage: one per partition
+    its events are routed to (``by_account``), else the whole batch in one message (or a few,
+    when large) to a partition the producer picks."""
+    if not by_account:
+        return [Outgoing(topic=topic, value=value)
+                for value in pack_whole(codec, batch, stage=stage)]
     return [Outgoing(topic=topic, partition=partition, value=value)
             for partition, value in pack(codec, batch, stage=stage)]
 

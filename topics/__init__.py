@@ -49,6 +49,10 @@ class TopicSpec:
     dead_letter_of: str | None = None
     retry_of: str | None = None  # the stage this retry topic feeds back (retry topics only)
     internal: bool = False
+    # an internal topic whose batches are split by account, one message per partition (the
+    # next stage keeps per-account order or state); otherwise a batch goes whole, as one
+    # message to a partition the producer picks
+    by_account: bool = False
     # the broker stamps each record when it appends it, so no writer can backdate one
     log_append_time: bool = False
     description: str = ""
@@ -78,19 +82,20 @@ EVENTS = TopicSpec(
     description="input events from producers (Avro in either framing, or JSON)",
 )
 INGESTED = TopicSpec(
-    key="ingested", partitions=6, retention_ms=_DAY_MS, internal=True,
+    key="ingested", partitions=6, retention_ms=_DAY_MS, internal=True, by_account=True,
     value_schema="tidegate.internal.EventPack",
     description="decoded, de-duplicated, traced micro-batches, partitioned by account",
 )
 VALIDATED = TopicSpec(
-    key="validated", partitions=6, retention_ms=_DAY_MS, internal=True,
+    key="validated", partitions=6, retention_ms=_DAY_MS, internal=True, by_account=True,
     value_schema="tidegate.internal.EventPack",
     description="micro-batches that passed every rule, partitioned by account",
 )
 FEATURES = TopicSpec(
     key="features", partitions=6, retention_ms=_DAY_MS, internal=True,
     value_schema="tidegate.internal.EventPack",
-    description="micro-batches with their feature vectors",
+    description="micro-batches with their feature vectors, each whole in one message: "
+    "inference scores events one by one and keeps no per-account order",
 )
 ACCOUNTS = TopicSpec(
     key="feature.accounts", partitions=VALIDATED.partitions, retention_ms=365 * _DAY_MS,

@@ -26,8 +26,17 @@ def test_forward_sends_one_message_per_partition_that_unpacks_to_the_batch() -> 
     assert sorted(ids) == sorted(batch.event_ids)
 
 
+def test_forward_of_a_whole_batch_sends_one_message_the_producer_places() -> None:
+    codec = Codec()
+    batch = batch_of(10, partitions=[i % 3 for i in range(10)])
+    out = forward(codec, batch, topic="p.features", stage="feature", by_account=False)
+    assert [m.partition for m in out] == [None]
+    assert unpack(codec, out[0].value).event_ids == batch.event_ids  # in order
+
+
 def test_forward_of_an_empty_batch_sends_nothing() -> None:
     assert forward(Codec(), batch_of(0), topic="t", stage="validation") == []
+    assert forward(Codec(), batch_of(0), topic="t", stage="feature", by_account=False) == []
 
 
 def test_prediction_messages_are_keyed_by_event_id_and_carry_the_trace() -> None:

@@ -102,11 +102,14 @@ def batch_messages(settings: Settings, source: TopicSpec) -> int:
 
 def read_linger(settings: Settings, source: TopicSpec) -> float:
     """How long a read waits for its batch to fill after the first record: ``batch_linger`` on a
-    public topic (one event per message); ``hop_linger`` on an internal one, whose messages are
-    batches already: a stage writes one per partition, each its own produce request, so they
-    arrive a moment apart, and a read that took only what had arrived split one upstream batch
-    into several (each with its own handling, produce requests and acknowledgement)."""
-    return settings.hop_linger if source.internal else settings.batch_linger
+    public topic (one event per message); ``hop_linger`` on an internal one split by account,
+    whose messages are batches already: a stage writes one per partition, each its own produce
+    request, so they arrive a moment apart, and a read that took only what had arrived split
+    one upstream batch into several (each with its own handling, produce requests and
+    acknowledgement). None on an internal topic of whole batches: each message is one."""
+    if not source.internal:
+        return settings.batch_linger
+    return settings.hop_linger if source.by_account else 0.0
 
 
 Partitions = Callable[[list[int]], None]
