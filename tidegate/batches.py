@@ -340,14 +340,21 @@ def _field_maps(encoded: Sequence[bytes | Mapping[str, Any]]
 
 
 def pack(codec: Codec, batch: Batch, *, stage: str) -> Iterator[tuple[int, bytes]]:
-    """One encoded EventPack message per (partition, chunk) of ``batch``."""
+    """One encoded EventPack message per (partition, chunk) of ``batch``.
+
+    A partition's events are picked straight into its messages, and the sizes that decide the
+    chunks are reckoned once for the batch: building a batch per partition first (``take``)
+    and sizing each one again cost about 80 µs per message, six times what the whole batch
+    in one message cost, at 100 events."""
     if not len(batch):
         return
     now = int(time.time() * 1000)
+    sizes = _sizes(batch)
     for partition in np.unique(batch.partitions).tolist():
-        part = batch.take(np.flatnonzero(batch.partitions == partition))
-        for start, stop in _chunks(part):
-            for message in _encoded(codec, part, start, stop, stage=stage, now=now):
+        rows = np.flatnonzero(batch.partitions == partition)
+        for start, stop in _spans(sizes[rows]):
+            for message in _encoded(codec, batch, rows[start:stop].tolist(), stage=stage,
+                                    now=now):
                 yield int(partition), message
 
 
@@ -357,61 +364,90 @@ def pack_whole(codec: Codec, batch: Batch, *, stage: str) -> Iterator[bytes]:
     if not len(batch):
         return
     now = int(time.time() * 1000)
-    for start, stop in _chunks(batch):
-        yield from _encoded(codec, batch, start, stop, stage=stage, now=now)
+    for start, stop in _spans(_sizes(batch)):
+        yield from _encoded(codec, batch, slice(start, stop), stage=stage, now=now)
 
 
-def _chunks(batch: Batch) -> Iterator[tuple[int, int]]:
-    """Slices that stay well under the broker's 1 MiB message limit, whatever the event size.
-
-    The estimate counts the value twice (the original bytes and the fields decoded from it);
-    ``_encoded`` splits a chunk the estimate got wrong.
-    """
+def _sizes(batch: Batch) -> Ints:
+    """Each event's estimated share of a message. The estimate counts the value twice (the
+    original bytes and the fields decoded from it); ``_encoded`` splits a chunk it got wrong."""
     fixed = _ENVELOPE_OVERHEAD + 8 * batch.features.shape[1]
-    sizes = (np.fromiter(map(len, batch.values), dtype=np.int64, count=len(batch))
+    sizes: Ints = (np.fromiter(map(len, batch.values), dtype=np.int64, count=len(batch))
              * (2 if batch.fields else 1) + fixed)
     sizes += np.fromiter((len(key) if key else 0 for key in batch.keys), dtype=np.int64,
                          count=len(batch))
     for index, headers in enumerate(batch.headers):
         for header in headers:
             sizes[index] += 8 + len(header["key"]) + len(header["value"] or b"")
+    return sizes
+
+
+def _spans(sizes: Ints) -> Iterator[tuple[int, int]]:
+    """Slices of events of these ``sizes`` that stay well under the broker's 1 MiB message
+    limit, whatever the event size."""
     start = 0
-    while start < len(batch):
+    while start < len(sizes):
         ends = np.cumsum(sizes[start:start + MAX_BATCH_EVENTS])
         stop = start + max(1, int(np.searchsorted(ends, MAX_BATCH_BYTES, side="right")))
         yield start, stop
         start = stop
 
 
-def _encoded(codec: Codec, batch: Batch, start: int, stop: int, *, stage: str,
-             now: int) -> Iterator[bytes]:
-    """The EventPack of events ``start`` to ``stop``, in two halves (and so on) if too large."""
-    message = codec.encode(PACK_SCHEMA, _packed(batch, start, stop, stage=stage, now=now))
-    if len(message) <= _MESSAGE_LIMIT or stop - start == 1:
+Rows = slice | list[int]  # the events of one message: a run of the batch, or picked ones
+
+
+def _picker(rows: Rows) -> Callable[[Any], Any]:
+    """The entries of a column (an array, or a list: a tuple of them) at ``rows``. One
+    ``itemgetter`` for every column of a message picks in C, where a ``map`` per column took
+    about two thirds of the time of a batch's split into partitions."""
+    if isinstance(rows, slice):
+        return lambda value: value[rows]
+    index = np.asarray(rows, dtype=np.intp)
+    get = itemgetter(*rows) if len(rows) > 1 else lambda value: (value[rows[0]],)
+    return lambda value: value[index] if isinstance(value, np.ndarray) else get(value)
+
+
+def _encoded(codec: Codec, batch: Batch, rows: Rows, *, stage: str, now: int
+             ) -> Iterator[bytes]:
+    """The EventPack of the events at ``rows``, in two halves (and so on) if too large."""
+    message = codec.encode(PACK_SCHEMA, _packed(batch, rows, stage=stage, now=now))
+    count = _count(rows)
+    if len(message) <= _MESSAGE_LIMIT or count == 1:
         yield message
         return
-    middle = (start + stop) // 2
-    yield from _encoded(codec, batch, start, middle, stage=stage, now=now)
-    yield from _encoded(codec, batch, middle, stop, stage=stage, now=now)
+    if isinstance(rows, slice):
+        start = rows.start or 0
+        halves: tuple[Rows, Rows] = (slice(start, start + count // 2),
+                                     slice(start + count // 2, start + count))
+    else:
+        halves = (rows[:count // 2], rows[count // 2:])
+    for half in halves:
+        yield from _encoded(codec, batch, half, stage=stage, now=now)
 
 
-def _packed(batch: Batch, start: int, stop: int, *, stage: str, now: int) -> dict[str, Any]:
+def _count(rows: Rows) -> int:
+    return (rows.stop - (rows.start or 0)) if isinstance(rows, slice) else len(rows)
+
+
+def _packed(batch: Batch, rows: Rows, *, stage: str, now: int) -> dict[str, Any]:
     """An EventPack record: the envelope in Avro, the columns in one MessagePack map."""
+    pick = _picker(rows)
     columns: dict[str, Any] = {}
     for column in _SENT:
         value = getattr(batch, column)
         if column == "features":
             continue
         if column == "fields":
-            columns["field_columns"] = {name: values[start:stop]
-                                        for name, values in value.items()}
+            columns["field_columns"] = {name: pick(values) for name, values in value.items()}
         elif column in _INTS:
-            columns[column] = value[start:stop].astype(_INTS[column], copy=False).tobytes()
+            columns[column] = pick(value).astype(_INTS[column], copy=False).tobytes()
+        elif column in _OPTIONAL and not value:
+            columns[column] = value
         else:
-            columns[column] = value[start:stop]
+            columns[column] = pick(value)
     return {"batch_id": uuid.uuid4().hex, "stage": stage, "created_at": now,
-            "count": stop - start, "feature_width": int(batch.features.shape[1]),
-            "features": batch.features[start:stop].astype("<f8", copy=False).tobytes(),
+            "count": _count(rows), "feature_width": int(batch.features.shape[1]),
+            "features": pick(batch.features).astype("<f8", copy=False).tobytes(),
             "columns": _encode_columns(columns)}
 
 

@@ -7,7 +7,7 @@ import json
 import time
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import fields
+from dataclasses import fields, replace
 from typing import Any
 
 import msgspec
@@ -25,6 +25,7 @@ from tidegate.batches import (
     Batch,
     field_columns,
     pack,
+    pack_whole,
     partition_for,
     unpack,
 )
@@ -290,6 +291,30 @@ def test_an_event_too_large_for_a_message_on_its_own_goes_out_alone(codec: Codec
     assert again[1].fields == {"blob": ["L" * 1_000_000]}
     assert len(packed[1][1]) > SPLIT_LIMIT  # no half to split it into
     assert all(len(message) <= SPLIT_LIMIT for _, message in (packed[0], packed[2]))
+
+
+def test_a_whole_pack_holds_every_partition_in_one_message_in_order(codec: Codec) -> None:
+    # the feature stage's output: inference keeps no per-account order, so one message
+    batch = batch_of(30, partitions=[i % 4 for i in range(30)], width=3)
+    [message] = list(pack_whole(codec, batch, stage="feature"))
+    again = unpack(codec, message, partition=1)
+    assert columns(again) == columns(replace(batch, partitions=np.ones(30, dtype=np.int64)))
+    # split by partition instead, the same events come out in the same columns
+    split = Batch.concat(unpacked(codec, list(pack(codec, batch, stage="feature"))))
+    order = np.argsort(offsets(split), kind="stable")
+    assert columns(replace(split.take(order), partitions=batch.partitions)) == columns(batch)
+
+
+def test_a_whole_chunk_the_estimate_got_wrong_is_split_in_halves(codec: Codec) -> None:
+    batch = batch_of(40, partitions=[i % 3 for i in range(40)])
+    batch.fields = {"n": list(range(40)),
+                    "blob": [chr(ord("a") + i % 26) * 60_000 for i in range(40)]}
+    packed = list(pack_whole(codec, batch, stage="ingest"))
+    assert len(packed) > 2
+    assert all(len(message) <= SPLIT_LIMIT for message in packed)
+    again = Batch.concat([unpack(codec, message) for message in packed])
+    assert offsets(again) == list(range(40))
+    assert again.fields == batch.fields
 
 
 def test_unpack_of_garbage_is_a_codec_error(codec: Codec) -> None:

@@ -152,3 +152,14 @@ def test_the_codec_benchmark_reads_the_same_values_both_ways() -> None:
     assert min(report[name] for name in ("avro_columns_us", "avro_fastavro_us",
                                          "json_msgspec_us", "json_stdlib_us")) > 0
     assert "identical values: yes" in render_reading(report)
+
+
+def test_the_codec_benchmark_packs_every_event_and_reads_it_back() -> None:
+    from tidegate.cli.codecbench import measure_packing, render_packing
+
+    reports = measure_packing(sizes=(50,), rounds=1)
+    [report] = reports
+    assert report["events"] == 50 and report["identical"] is True
+    assert 1 < report["messages"] <= 6  # one per partition the accounts route to
+    assert min(report[name] for name in ("split_us", "whole_us", "read_us")) > 0
+    assert "every event back: yes" in render_packing(reports)

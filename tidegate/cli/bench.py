@@ -28,7 +28,8 @@ __all__ = ["bench"]
               "(the embedded broker opens its own).")
 @click.option("--codec", is_flag=True,
               help="Only the codec figures, no broker: CPU per prediction framed and per "
-              "input record read, column by column and one record at a time.")
+              "input record read, column by column and one record at a time, and per event "
+              "of an internal batch packed and read back.")
 @click.option("--dedupe", is_flag=True,
               help="Only the de-duplication window, no broker: CPU per event id and memory "
               "growth once the window is full, batch by batch and one id at a time.")
@@ -44,16 +45,21 @@ def bench(events: int, half_rate_seconds: float, workers: int, latency_rate: flo
     if codec:
         from tidegate.cli.codecbench import (
             measure_input_reading,
+            measure_packing,
             measure_prediction_framing,
             render_framing,
+            render_packing,
             render_reading,
         )
 
         framing, reading = measure_prediction_framing(), measure_input_reading()
+        packing = measure_packing()
         click.echo(render_framing(framing))
         click.echo(render_reading(reading))
+        click.echo(render_packing(packing))
         if json_path is not None:
-            json_path.write_text(json.dumps({"framing": framing, "reading": reading}, indent=2))
+            json_path.write_text(json.dumps({"framing": framing, "reading": reading,
+                                             "packing": packing}, indent=2))
         return
     if dedupe:
         from tidegate.cli.dedupebench import measure_dedupe, render_dedupe

@@ -1,6 +1,7 @@
-"""``tidegate bench --codec``: CPU per prediction framed, column by column and by fastavro, and
-per input record read, column by column and by fastavro (Avro), by msgspec and by the standard
-library (JSON).
+"""``tidegate bench --codec``: CPU per prediction framed, column by column and by fastavro; per
+input record read, column by column and by fastavro (Avro), by msgspec and by the standard
+library (JSON); and per event of an internal batch packed into its partitions' messages, into
+one message, and read back.
 
 No broker: inference's predictions for the example's events, framed the way the stage frames
 them (``Codec.batch_encoder``: ``tidegate.flatavro`` for the whole batch) and one record at a
@@ -12,6 +13,7 @@ Example::
     report = measure_prediction_framing(records=2000, rounds=5)
     report["columns_us"], report["fastavro_us"]
     reading = measure_input_reading(records=2000, rounds=5)
+    packing = measure_packing(sizes=(100, 2000), rounds=5)
 """
 
 from __future__ import annotations
@@ -21,14 +23,19 @@ import random
 import time
 import uuid
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
+from tidegate.batches import Batch, pack, pack_whole, unpack
 from tidegate.codec import Codec, decode_json, schema
+from tidegate.deadletter import SourceRecord
 from tidegate.example.generator import TransactionGenerator
 from tidegate.flatread import FlatReader
+from tidegate.pipeline.ingest import Dedupe, ingest_batch
 
-__all__ = ["measure_input_reading", "measure_prediction_framing", "render_framing",
-           "render_reading"]
+__all__ = ["measure_input_reading", "measure_packing", "measure_prediction_framing",
+           "render_framing", "render_packing", "render_reading"]
+
+PARTITIONS = 6  # the internal topics' partitions in the embedded pipeline
 
 PREDICTION = "tidegate.Prediction"
 CARD = "tidegate.example.CardTransaction"
@@ -113,3 +120,55 @@ def render_reading(report: dict[str, Any]) -> str:
             f"{'yes' if report['identical'] else 'NO'}); JSON by msgspec "
             f"{report['json_msgspec_us']:.2f} µs, by the standard library "
             f"{report['json_stdlib_us']:.2f} µs")
+
+
+def _ingested(codec: Codec, events: int, seed: int) -> Batch:
+    """Ingest's batch of ``events`` example events (JSON), routed to ``PARTITIONS``."""
+    generated = [event for event, _ in TransactionGenerator(seed=seed).generate(events)]
+    now = max(cast(int, event["event_time"]) for event in generated) + 1000
+    records = [SourceRecord(topic="events", partition=0, offset=offset, timestamp=now,
+                            key=str(event["account_id"]).encode(),
+                            value=json.dumps(event).encode(), headers=[])
+               for offset, event in enumerate(generated)]
+    batch, _ = ingest_batch(records, codec=codec, dedupe=Dedupe(max_ids=2 * events),
+                            now_ms=now, partitions=PARTITIONS)
+    return batch
+
+
+def measure_packing(*, sizes: tuple[int, ...] = (100, 2000), rounds: int = 5,
+                    seed: int = 7) -> list[dict[str, Any]]:
+    """CPU µs per event of ingest's batch of each size packed one message per partition (as
+    ingest and validation write), packed whole (as the feature stage writes) and the split
+    messages read back and joined (as the next stage reads); best of ``rounds``."""
+    codec = Codec()
+    return [_packing(codec, _ingested(codec, size, seed), rounds) for size in sizes]
+
+
+def _packing(codec: Codec, batch: Batch, rounds: int) -> dict[str, Any]:
+    split = list(pack(codec, batch, stage="ingest"))
+
+    def split_pack() -> list[tuple[int, bytes]]:
+        return list(pack(codec, batch, stage="ingest"))
+
+    def whole_pack() -> list[bytes]:
+        return list(pack_whole(codec, batch, stage="ingest"))
+
+    def read_back() -> Batch:
+        return Batch.concat([unpack(codec, message, partition=partition)
+                             for partition, message in split])
+
+    again = read_back()
+    return {"events": len(batch), "messages": len(split),
+            "split_us": _best_us(split_pack, rounds) / len(batch),
+            "whole_us": _best_us(whole_pack, rounds) / len(batch),
+            "read_us": _best_us(read_back, rounds) / len(batch),
+            "identical": len(again) == len(batch)
+            and sorted(again.event_ids) == sorted(batch.event_ids)}
+
+
+def render_packing(reports: list[dict[str, Any]]) -> str:
+    return "; ".join(
+        f"packing {r['events']:,} events, CPU per event: into {r['messages']} partition "
+        f"messages {r['split_us']:.2f} µs, whole {r['whole_us']:.2f} µs, read back "
+        f"{r['read_us']:.2f} µs (every event back: {'yes' if r['identical'] else 'NO'})"
+        for r in reports)
