@@ -373,7 +373,7 @@ def _sizes(batch: Batch) -> Ints:
     original bytes and the fields decoded from it); ``_encoded`` splits a chunk it got wrong."""
     fixed = _ENVELOPE_OVERHEAD + 8 * batch.features.shape[1]
     sizes: Ints = (np.fromiter(map(len, batch.values), dtype=np.int64, count=len(batch))
-             * (2 if batch.fields else 1) + fixed)
+                   * (2 if batch.fields else 1) + fixed)
     sizes += np.fromiter((len(key) if key else 0 for key in batch.keys), dtype=np.int64,
                          count=len(batch))
     for index, headers in enumerate(batch.headers):
