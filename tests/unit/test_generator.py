@@ -11,6 +11,7 @@ import pytest
 from sklearn.linear_model import LogisticRegression
 from sklearn.metrics import roc_auc_score
 
+from tidegate.codec import Codec
 from tidegate.example.generator import (
     CATEGORIES,
     CHANNELS,
@@ -19,6 +20,7 @@ from tidegate.example.generator import (
     ENTRY_MODES,
     TransactionGenerator,
 )
+from tidegate.example.stream import example_messages
 
 pytestmark = pytest.mark.unit
 
@@ -95,6 +97,28 @@ def test_time_advances_at_the_mean_rate_with_a_daily_cycle(day: pd.DataFrame) ->
     assert 0.85 < span_s / (len(day) / 0.5) < 1.15  # whole days average out the cycle
     per_hour = day.groupby((day.event_time // 3_600_000) % 24).size()
     assert per_hour.loc[12:19].mean() > 3 * per_hour.loc[1:4].mean()
+
+
+def test_without_the_daily_cycle_time_advances_steadily_even_at_night() -> None:
+    night = START - START % 86_400_000 + 3 * 3_600_000  # 03:00 UTC, the quietest hour
+    steady = TransactionGenerator(seed=3, start_time_ms=night, events_per_second=1000.0,
+                                  daily_cycle=False)
+    times = np.array([event["event_time"] for event, _ in steady.generate(60_000)])
+    assert np.all(np.diff(times) >= 0)
+    assert 55_000 < times[-1] - night < 65_000  # a minute of events at 1,000/s
+    cycled = TransactionGenerator(seed=3, start_time_ms=night, events_per_second=1000.0)
+    # in the cycle the same events span over five minutes: sent live in one, they ran ahead
+    last = cycled.generate(60_000)[-1][0]["event_time"]
+    assert isinstance(last, int) and last - night > 5 * 60_000
+
+
+def test_example_messages_are_timed_for_sending_at_their_rate() -> None:
+    codec = Codec()
+    began = int(time.time() * 1000)
+    messages = list(example_messages(20_000, seed=4, json_share=0.0, events_per_second=2000.0))
+    times = [codec.decode(message.value)["event_time"] for message in messages]
+    assert began <= times[0] and times[-1] - began < 10_000 + (time.time() * 1000 - began)
+    assert times[-1] - times[0] > 8_000  # ten seconds of events at 2,000/s, whatever the hour
 
 
 def test_channel_and_entry_mode_agree_with_card_presence(day: pd.DataFrame) -> None:

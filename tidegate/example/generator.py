@@ -117,7 +117,10 @@ class TransactionGenerator:
 
     Successive ``generate`` calls continue the same stream (time keeps advancing, ids stay
     unique). Traffic follows a daily cycle in UTC at ``events_per_second`` on average, so pick a
-    low rate (e.g. 1.0) when training data should span whole days. ``drift`` (0..1, settable
+    low rate (e.g. 1.0) when training data should span whole days. With ``daily_cycle=False``
+    event times advance steadily at ``events_per_second`` (a stream sent live at that rate: in
+    the cycle, a night hour's events lie up to eight times further apart than the rate says, so
+    they would run minutes ahead of the clock). ``drift`` (0..1, settable
     between calls) raises amounts, shifts the category mix and adds foreign and online traffic.
 
     >>> gen = TransactionGenerator(seed=7, start_time_ms=1_700_000_000_000)
@@ -128,7 +131,7 @@ class TransactionGenerator:
 
     def __init__(self, *, seed: int = 0, accounts: int = 2000, fraud_rate: float = 0.02,
                  drift: float = 0.0, start_time_ms: int | None = None,
-                 events_per_second: float = 1000.0) -> None:
+                 events_per_second: float = 1000.0, daily_cycle: bool = True) -> None:
         if accounts < 1 or not 0.0 <= fraud_rate <= 1.0 or events_per_second <= 0:
             raise ValueError("need accounts >= 1, 0 <= fraud_rate <= 1, events_per_second > 0")
         self.fraud_rate = fraud_rate
@@ -141,6 +144,8 @@ class TransactionGenerator:
         phase = (start - self._day0_ms) / 1000.0
         hour = int(phase // 3600)
         self._op_s = float(_CUM[hour] + (phase - hour * 3600) * _TRAFFIC[hour])
+        self._op_start = self._op_s
+        self._daily_cycle = daily_cycle
         self._make_accounts(np.random.default_rng([seed, 1]), accounts)
 
     @property
@@ -181,10 +186,14 @@ class TransactionGenerator:
         # Time: a homogeneous clock in "operational" seconds, warped through the daily cycle.
         op = self._op_s + np.cumsum(rng.exponential(1.0 / self.events_per_second, n))
         self._op_s = float(op[-1])
-        day, rest = np.divmod(op, 86400.0)
-        hour = np.minimum(np.searchsorted(_CUM, rest, side="right") - 1, 23)
-        secs = day * 86400.0 + hour * 3600.0 + (rest - _CUM[hour]) / _TRAFFIC[hour]
-        t_ms = self._day0_ms + (secs * 1000.0).astype(np.int64)
+        if self._daily_cycle:
+            day, rest = np.divmod(op, 86400.0)
+            hour = np.minimum(np.searchsorted(_CUM, rest, side="right") - 1, 23)
+            secs = day * 86400.0 + hour * 3600.0 + (rest - _CUM[hour]) / _TRAFFIC[hour]
+            t_ms = self._day0_ms + (secs * 1000.0).astype(np.int64)
+        else:  # steady: event time advances at events_per_second, whatever the hour
+            t_ms = self._start_ms + ((op - self._op_start) * 1000.0).astype(np.int64)
+            hour = (t_ms - self._day0_ms) // 3_600_000 % 24
         w = _NIGHT[hour]
         fraud = rng.random(n) < np.minimum(self.fraud_rate * w / w.mean(), 1.0)
 

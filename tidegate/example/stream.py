@@ -39,9 +39,14 @@ def example_messages(
     json_share: float = 0.2, events_per_second: float = 1000.0, accounts: int = 2000,
     codec: Codec | None = None, kinds: Sequence[BadKind] = ALL_KINDS,
 ) -> Iterator[ExampleMessage]:
-    """``count`` messages keyed by account id; a share ``bad_rate`` of them bad (every kind)."""
+    """``count`` messages keyed by account id; a share ``bad_rate`` of them bad (every kind).
+
+    Event times start now and advance steadily at ``events_per_second``, so a sender pacing at
+    that rate sends each event about when it happened (no daily cycle: at night it would put
+    the events of a minute's sending up to eight minutes ahead, and ingest refuses an event
+    over five minutes in the future)."""
     generator = TransactionGenerator(seed=seed, drift=drift, accounts=accounts,
-                                     events_per_second=events_per_second)
+                                     events_per_second=events_per_second, daily_cycle=False)
     injector = BadRecordInjector(seed=seed, rate=bad_rate, kinds=kinds,
                                  json_share=json_share)
     encode = (codec or Codec()).encoder("tidegate.example.CardTransaction")
