@@ -117,8 +117,9 @@ def test_example_messages_are_timed_for_sending_at_their_rate() -> None:
     began = int(time.time() * 1000)
     messages = list(example_messages(20_000, seed=4, json_share=0.0, events_per_second=2000.0))
     times = [codec.decode(message.value)["event_time"] for message in messages]
-    assert began <= times[0] and times[-1] - began < 10_000 + (time.time() * 1000 - began)
-    assert times[-1] - times[0] > 8_000  # ten seconds of events at 2,000/s, whatever the hour
+    # ten seconds of events at 2,000/s from when they were made, whatever the hour
+    assert began <= times[0] and times[-1] - began < 12_000 + (time.time() * 1000 - began)
+    assert times[-1] - times[0] > 8_000
 
 
 def test_channel_and_entry_mode_agree_with_card_presence(day: pd.DataFrame) -> None:
