@@ -31,11 +31,10 @@ from tidegate.deadletter import SourceRecord
 from tidegate.example.generator import TransactionGenerator
 from tidegate.flatread import FlatReader
 from tidegate.pipeline.ingest import Dedupe, ingest_batch
+from tidegate.topics import by_key
 
 __all__ = ["measure_input_reading", "measure_packing", "measure_prediction_framing",
            "render_framing", "render_packing", "render_reading"]
-
-PARTITIONS = 6  # the internal topics' partitions in the embedded pipeline
 
 PREDICTION = "tidegate.Prediction"
 CARD = "tidegate.example.CardTransaction"
@@ -123,7 +122,7 @@ def render_reading(report: dict[str, Any]) -> str:
 
 
 def _ingested(codec: Codec, events: int, seed: int) -> Batch:
-    """Ingest's batch of ``events`` example events (JSON), routed to ``PARTITIONS``."""
+    """Ingest's batch of ``events`` example events (JSON), routed to ``ingested``'s partitions."""
     generated = [event for event, _ in TransactionGenerator(seed=seed).generate(events)]
     now = max(cast(int, event["event_time"]) for event in generated) + 1000
     records = [SourceRecord(topic="events", partition=0, offset=offset, timestamp=now,
@@ -131,7 +130,7 @@ def _ingested(codec: Codec, events: int, seed: int) -> Batch:
                             value=json.dumps(event).encode(), headers=[])
                for offset, event in enumerate(generated)]
     batch, _ = ingest_batch(records, codec=codec, dedupe=Dedupe(max_ids=2 * events),
-                            now_ms=now, partitions=PARTITIONS)
+                            now_ms=now, partitions=by_key("ingested").partitions)
     return batch
 
 
