@@ -85,7 +85,7 @@ class FakeRuntime:
 
 def oversight(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Oversight:
     """An Oversight whose topic readers are never started."""
-    monkeypatch.setattr(Oversight, "_follow", lambda self, key, on_message: None)
+    monkeypatch.setattr(Oversight, "_follow", lambda self, key, on_message, **_: None)
     return Oversight(cast(StageRuntime, FakeRuntime(settings)), StatusBoard())
 
 

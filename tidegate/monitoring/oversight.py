@@ -37,6 +37,7 @@ from tidegate.monitoring.status import StatusBoard
 from tidegate.outputs import Outgoing
 from tidegate.pipeline.feature import DRIFT_EXEMPT
 from tidegate.runtime.stage import StageRuntime
+from tidegate.settings import ClientConfig
 from tidegate.signing import CommandGate
 from tidegate.topics import by_key
 
@@ -46,6 +47,14 @@ log = logging.getLogger(__name__)
 
 
 OnMessage = Callable[[ReaderEvent], None]
+
+# The predictions topic carries one record per event and nothing waits on monitoring's reading
+# of it (a label joins whenever it comes): its fetches are held for 256 KiB or 200 ms and each
+# read lingers 200 ms, so monitoring reads it a few times a second, not once for every batch
+# inference writes. The quiet topics (labels, control) keep the defaults: a command is heard at
+# once.
+BULK_FETCH: ClientConfig = {"fetch.min.bytes": 262_144, "fetch.wait.max.ms": 200}
+BULK_LINGER = 0.2
 
 
 class LazyJoin:
@@ -102,7 +111,8 @@ class Oversight:
         # one neither takes a condition out of monitoring's hands nor shows among the actions
         self.gate = CommandGate(settings.control_keys, max_age=settings.control_max_age)
         self._follow("predictions", lambda m: self.join.on_prediction(m.key or b"",
-                                                                      m.value or b""))
+                                                                      m.value or b""),
+                     bulk=True)
         self._follow("labels", self._decoded(self.join.on_label))
         self._follow("control", self.on_control)
         self.reference(None)
@@ -118,17 +128,20 @@ class Oversight:
                            logged_ms=round(stamp * 1000) if stamp else None) is None:
             self.analyst.on_command(record)
 
-    def _follow(self, key: str, on_message: OnMessage) -> None:
-        """A task reading ``key``'s topic in batches with its own consumer group."""
+    def _follow(self, key: str, on_message: OnMessage, *, bulk: bool = False) -> None:
+        """A task reading ``key``'s topic in batches with its own consumer group; a ``bulk``
+        topic in fewer, larger ones (``BULK_FETCH``)."""
         runtime = self.runtime
         topic = runtime.name(by_key(key))
-        reader = BatchReader(client_config(runtime.settings), topic=topic,
-                             group=f"{runtime.app.conf.id}-{key}")
+        reader = BatchReader(client_config(runtime.settings, **(BULK_FETCH if bulk else {})),
+                             topic=topic, group=f"{runtime.app.conf.id}-{key}")
+        linger = BULK_LINGER if bulk else 0.0
 
         async def follow() -> None:
             try:
                 while not runtime.app.should_stop:
-                    events = await reader.next_batch(runtime.settings.batch_size, 0.5)
+                    events = await reader.next_batch(runtime.settings.batch_size, 0.5,
+                                                     linger)
                     for event in events:
                         try:
                             on_message(event.message)
