@@ -13,7 +13,8 @@ from tidegate.kafka.secure import ADMIN, OPERATOR, SecureMaterial, load_material
 from tidegate.settings import ClientConfig, Settings
 
 __all__ = [
-    "CONSUMER_DEFAULTS", "HOP_FETCH", "INTERNAL_FETCH", "PRODUCER_DEFAULTS", "admin_config",
+    "BATCH_PRODUCER", "BULK_FETCH", "CONSUMER_DEFAULTS", "HOP_FETCH", "INTERNAL_FETCH",
+    "PRODUCER_DEFAULTS", "admin_config",
     "bootstrap_servers", "client_config", "client_security", "embedded_material", "hop_fetch",
 ]
 
@@ -23,6 +24,10 @@ PRODUCER_DEFAULTS: ClientConfig = {
     "acks": "all", "enable.idempotence": True, "linger.ms": 2, "compression.type": "lz4",
     "queue.buffering.max.kbytes": 65536, "log_level": 3,
 }
+# A producer whose every message is a whole batch (a stage writing an internal topic): no
+# linger. librdkafka sends one produce request per partition whatever it waits for, so the
+# linger only delayed each hop by 2 ms.
+BATCH_PRODUCER: ClientConfig = {"linger.ms": 0}
 # Every consumer: offsets committed by tidegate (after delivery), never automatically, and
 # librdkafka's log at errors only (its warnings repeat what the caller reports). Fetches keep
 # librdkafka's defaults (answered at the first byte, else held 500 ms): an idle follower asks
@@ -36,6 +41,10 @@ HOP_FETCH: ClientConfig = {"fetch.min.bytes": 65536, "fetch.wait.max.ms": 10}
 # so a fetch answered at the first byte already returns a batch, at once; held for 64 KiB or
 # 10 ms, each hop waited up to 10 ms and each reader fetched 100 times a second.
 INTERNAL_FETCH: ClientConfig = {}
+# A reader of a busy topic that nothing waits on (monitoring's follower of the predictions
+# topic, one record per event): fetches held for 256 KiB or 200 ms, so it fetches a few times a
+# second, not once for every batch written.
+BULK_FETCH: ClientConfig = {"fetch.min.bytes": 262_144, "fetch.wait.max.ms": 200}
 
 
 def hop_fetch(internal: bool) -> ClientConfig:

@@ -28,7 +28,7 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 from tidegate.errors import CodecError, TidegateError
-from tidegate.kafka.clients import client_config
+from tidegate.kafka.clients import BULK_FETCH, client_config
 from tidegate.kafka.reader import BatchReader, ReaderEvent
 from tidegate.models.lifecycle import issue_command, promote, rollback
 from tidegate.models.registry import PRIMARY, ModelRegistry
@@ -37,7 +37,6 @@ from tidegate.monitoring.status import StatusBoard
 from tidegate.outputs import Outgoing
 from tidegate.pipeline.feature import DRIFT_EXEMPT
 from tidegate.runtime.stage import StageRuntime
-from tidegate.settings import ClientConfig
 from tidegate.signing import CommandGate
 from tidegate.topics import by_key
 
@@ -48,12 +47,9 @@ log = logging.getLogger(__name__)
 
 OnMessage = Callable[[ReaderEvent], None]
 
-# The predictions topic carries one record per event and nothing waits on monitoring's reading
-# of it (a label joins whenever it comes): its fetches are held for 256 KiB or 200 ms and each
-# read lingers 200 ms, so monitoring reads it a few times a second, not once for every batch
-# inference writes. The quiet topics (labels, control) keep the defaults: a command is heard at
-# once.
-BULK_FETCH: ClientConfig = {"fetch.min.bytes": 262_144, "fetch.wait.max.ms": 200}
+# Nothing waits on monitoring's reading of the predictions topic (a label joins whenever it
+# comes): it is read in bulk (``BULK_FETCH``), each read lingering 200 ms. The quiet topics
+# (labels, control) keep the defaults: a command is heard at once.
 BULK_LINGER = 0.2
 
 

@@ -32,7 +32,7 @@ from threadpoolctl import threadpool_limits
 from tidegate.codec import Codec
 from tidegate.control import StageMode
 from tidegate.errors import BrokerError, CodecError
-from tidegate.kafka.clients import client_config, hop_fetch
+from tidegate.kafka.clients import BATCH_PRODUCER, client_config, hop_fetch
 from tidegate.kafka.delayed import DelayedReader
 from tidegate.kafka.producer import Outbox
 from tidegate.kafka.reader import BatchReader, ReaderEvent, batch_messages, read_linger
@@ -376,16 +376,13 @@ class StageRuntime:
 
     @property
     def outbox(self) -> Outbox:
-        """The stage's librdkafka producer, created on first use.
-
-        A stage whose sink is internal sends each batch as one message to a partition (or to
-        each of its accounts' partitions), and librdkafka sends a produce request per
-        partition whatever it waits for, so its producer does not linger: lingering only
-        added 2 ms to the hop."""
+        """The stage's librdkafka producer, created on first use; a stage whose sink is
+        internal writes whole batches (``BATCH_PRODUCER``)."""
         if self._outbox is None:
             sink = self.topics.sink
-            self._outbox = Outbox(client_config(
-                self.settings, **({"linger.ms": 0} if sink is not None and sink.internal else {})))
+            batches = sink is not None and sink.internal
+            self._outbox = Outbox(client_config(self.settings,
+                                                **(BATCH_PRODUCER if batches else {})))
         return self._outbox
 
     async def _send(self, outgoing: Sequence[Outgoing]) -> None:
